@@ -1,0 +1,205 @@
+"""The model artifact: one ``.safetensors`` file, weights + JSON metadata, never pickle.
+
+Metadata (the ``compress`` key of the safetensors header, a JSON string):
+
+    format       "compress-model/1"
+    arch         registry name, e.g. "mobilenet_v2"
+    arch_kwargs  keyword arguments for ``create_model`` (width_mult, small_input, ...)
+    num_classes  int
+    task         "multiclass" | "multilabel"
+    labels       list of class names (len == num_classes)
+    input_size   [C, H, W] the model was trained at
+    mean, std    per-channel normalisation (after scaling pixels to [0, 1])
+    history      list of {"stage", "params", "metrics", "time", ...}, one per stage
+    layers       {module name: shape facts} for every Conv2d / Linear / BatchNorm2d, so a
+                 pruned network is rebuilt from ``create_model`` + these shapes, then
+                 ``load_state_dict(strict=True)``
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import ArtifactError
+from .io import atomic_path
+
+FORMAT = "compress-model/1"
+META_KEY = "compress"
+TASKS = ("multiclass", "multilabel")
+
+
+@dataclass
+class ModelMeta:
+    arch: str
+    num_classes: int
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    task: str = "multiclass"
+    labels: list[str] = field(default_factory=list)
+    input_size: list[int] = field(default_factory=lambda: [3, 224, 224])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if not self.labels:
+            self.labels = [str(i) for i in range(self.num_classes)]
+        if len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+        self.input_size = [int(v) for v in self.input_size]
+        self.mean = [float(v) for v in self.mean]
+        self.std = [float(v) for v in self.std]
+
+    def add_history(self, stage: str, params: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None, **extra: Any) -> None:
+        """Append one stage record (stage name, its parameters, key metrics, wall-clock time)."""
+        entry = {"stage": stage, "params": params or {}, "metrics": metrics or {},
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        entry.update(extra)
+        self.history.append(entry)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, **kw: Any) -> "ModelMeta":
+        """Metadata for a model built by ``create_model`` (arch, kwargs and class count from it)."""
+        arch = getattr(model, "arch", None)
+        if arch is None:
+            raise ValueError("model was not built by models.create_model (no .arch attribute)")
+        cfg = getattr(model, "default_cfg", {})
+        kw.setdefault("input_size", list(cfg.get("input_size", (3, 224, 224))))
+        kw.setdefault("mean", list(cfg.get("mean", (0.485, 0.456, 0.406))))
+        kw.setdefault("std", list(cfg.get("std", (0.229, 0.224, 0.225))))
+        return cls(arch=arch, arch_kwargs=dict(getattr(model, "arch_kwargs", {})),
+                   num_classes=int(model.get_classifier().out_features), **kw)
+
+
+def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """Shape facts of every resizable layer: conv [in, out, groups], linear [in, out], BN [n]."""
+    shapes: dict[str, list[int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            shapes[name] = [m.in_channels, m.out_channels, m.groups]
+        elif isinstance(m, nn.Linear):
+            shapes[name] = [m.in_features, m.out_features]
+        elif isinstance(m, nn.BatchNorm2d):
+            shapes[name] = [m.num_features]
+    return shapes
+
+
+def _resize_layers(model: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Give each named layer the stored shape with empty tensors; load_state_dict fills them."""
+    modules = dict(model.named_modules())
+    for name, shape in shapes.items():
+        m = modules.get(name)
+        if m is None:
+            raise ArtifactError(f"artifact names layer {name!r}, which {type(model).__name__} does not have")
+        if isinstance(m, nn.Conv2d):
+            cin, cout, groups = shape
+            if (cin, cout, groups) == (m.in_channels, m.out_channels, m.groups):
+                continue
+            m.in_channels, m.out_channels, m.groups = cin, cout, groups
+            m.weight = nn.Parameter(torch.empty(cout, cin // groups, *m.kernel_size))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(cout))
+        elif isinstance(m, nn.Linear):
+            fin, fout = shape
+            if (fin, fout) == (m.in_features, m.out_features):
+                continue
+            m.in_features, m.out_features = fin, fout
+            m.weight = nn.Parameter(torch.empty(fout, fin))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(fout))
+        elif isinstance(m, nn.BatchNorm2d):
+            (n,) = shape
+            if n == m.num_features:
+                continue
+            m.num_features = n
+            if m.affine:
+                m.weight = nn.Parameter(torch.empty(n))
+                m.bias = nn.Parameter(torch.empty(n))
+            if m.track_running_stats:
+                m.running_mean = torch.zeros(n)
+                m.running_var = torch.ones(n)
+        else:
+            raise ArtifactError(f"layer {name!r} is a {type(m).__name__}, not a resizable layer")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, meta: ModelMeta) -> Path:
+    """Write ``model`` and ``meta`` to ``path`` atomically (temporary name, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if getattr(model, "arch", meta.arch) != meta.arch:
+        raise ValueError(f"meta.arch {meta.arch!r} does not match the model's {model.arch!r}")
+    state = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
+    payload = asdict(meta)
+    payload["format"] = FORMAT
+    payload["layers"] = layer_shapes(model)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(payload), "format": "pt"})
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
+    """The metadata of an artifact without loading weights: (ModelMeta, raw dict incl. layers)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file")
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a directory, expected a .safetensors model artifact")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: not a safetensors model artifact ({str(e).splitlines()[0]})") from None
+    raw_json = header.get(META_KEY)
+    if raw_json is None:
+        raise ArtifactError(f"{path}: a safetensors file without compress metadata (not saved by this toolkit)")
+    try:
+        raw = json.loads(raw_json)
+        if raw.get("format") != FORMAT:
+            raise ArtifactError(f"{path}: unsupported artifact format {raw.get('format')!r}, expected {FORMAT}")
+        fields = {k: raw[k] for k in ModelMeta.__dataclass_fields__ if k in raw}
+        meta = ModelMeta(**fields)
+    except ArtifactError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ArtifactError(f"{path}: corrupt artifact metadata ({e})") from None
+    return meta, raw
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the network from the registry + stored layer shapes and load the weights (eval mode)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from models import UnknownModelError, create_model
+
+    meta, raw = read_meta(path)
+    try:
+        model = create_model(meta.arch, num_classes=meta.num_classes, **meta.arch_kwargs)
+    except UnknownModelError as e:
+        raise ArtifactError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: cannot build {meta.arch!r} with {meta.arch_kwargs}: {e}") from None
+    _resize_layers(model, raw.get("layers", {}))
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{path}: corrupt weights ({str(e).splitlines()[0]})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ArtifactError(f"{path}: weights do not fit {meta.arch}: {' '.join(first[:2])[:300]}") from None
+    model.to(device).eval()
+    return model, meta
