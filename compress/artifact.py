@@ -201,5 +201,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise ArtifactError(f"{path}: weights do not fit {meta.arch}: {' '.join(first[:2])[:300]}") from None
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier) and hasattr(model, "num_features"):  # a pruned head is narrower
+        model.num_features = int(get_classifier().in_features)
     model.to(device).eval()
     return model, meta
