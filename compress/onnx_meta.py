@@ -1,0 +1,109 @@
+"""The model facts inside an ONNX file (``ModelProto.metadata_props``), so a server or any ONNX
+Runtime user needs nothing but the ``.onnx`` file.
+
+Every value is a JSON document (strings too), under these keys:
+
+    format       "compress-onnx/1"
+    arch         registry name the network was built from, e.g. "mobilenet_v2"
+    arch_kwargs  keyword arguments of ``create_model`` (width_mult, small_input, ...)
+    num_classes  number of outputs
+    task         "multiclass" (softmax over logits) | "multilabel" (sigmoid per logit)
+    labels       class names, one per output
+    input_size   [C, H, W] the model was trained at (the graph accepts other H, W only when
+                 exported with dynamic spatial axes; batch is always dynamic)
+    mean, std    per-channel normalisation applied after scaling pixels to [0, 1]
+    history      one record per stage that produced the model (stage, params, metrics, time)
+
+Read them without this package with ``onnxruntime``:
+``json.loads(session.get_modelmeta().custom_metadata_map["labels"])``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .errors import ArtifactError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+    from .artifact import ModelMeta
+
+ONNX_META_FORMAT = "compress-onnx/1"
+META_KEYS = ("arch", "arch_kwargs", "num_classes", "task", "labels", "input_size", "mean", "std", "history")
+
+
+def meta_to_props(meta: "ModelMeta") -> dict[str, str]:
+    """The ``metadata_props`` entries for ``meta``: key → JSON text."""
+    facts = asdict(meta)
+    props = {"format": json.dumps(ONNX_META_FORMAT)}
+    props.update({k: json.dumps(facts[k]) for k in META_KEYS})
+    return props
+
+
+def set_onnx_meta(model: "onnx.ModelProto", meta: "ModelMeta") -> None:
+    """Write ``meta`` into ``model.metadata_props``, replacing earlier values of our keys and
+    keeping any other entries (a quantizer's, for example)."""
+    props = meta_to_props(meta)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in kept + list(props.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def props_to_meta(props: Mapping[str, str], source: str = "ONNX model", *, warn: bool = True) -> "ModelMeta | None":
+    """Parse our facts out of a ``metadata_props`` mapping.
+
+    Returns ``None`` (with a warning when ``warn``) when the model carries no ``format`` key of
+    ours — a third-party ONNX file. Raises :class:`ArtifactError` when our keys are present but
+    unreadable."""
+    from .artifact import ModelMeta
+
+    if "format" not in props:
+        if warn:
+            warnings.warn(f"{source}: no compress metadata in the ONNX file (labels, mean/std, input size unknown)",
+                          stacklevel=3)
+        return None
+    try:
+        fmt = json.loads(props["format"])
+        if fmt != ONNX_META_FORMAT:
+            raise ArtifactError(f"{source}: unsupported ONNX metadata format {fmt!r}, expected {ONNX_META_FORMAT}")
+        facts: dict[str, Any] = {k: json.loads(props[k]) for k in META_KEYS if k in props}
+        return ModelMeta(**facts)
+    except ArtifactError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ArtifactError(f"{source}: corrupt compress metadata in the ONNX file ({e})") from None
+
+
+def load_onnx(path: str | os.PathLike) -> "onnx.ModelProto":
+    """``onnx.load`` with file errors turned into :class:`ArtifactError` (one line)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file")
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a directory, expected an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: not an ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    # Protobuf parses many arbitrary byte strings without complaint; an ONNX model has a graph.
+    if not model.graph.node or not model.graph.input or not model.opset_import:
+        raise ArtifactError(f"{path}: not an ONNX model (no graph)")
+    return model
+
+
+def read_onnx_meta(path: str | os.PathLike, *, warn: bool = True) -> "ModelMeta | None":
+    """The :class:`~compress.artifact.ModelMeta` stored in an ONNX file, or ``None`` (and a
+    warning) if the file has none of our metadata."""
+    model = load_onnx(path)
+    return props_to_meta({p.key: p.value for p in model.metadata_props}, str(path), warn=warn)
