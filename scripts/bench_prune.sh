@@ -14,7 +14,7 @@
 # to a few minutes on a shared 2-core machine; one intra-op thread per PyTorch process is faster
 # there than two competing ones (ONNX Runtime timing still uses its own 2 threads).
 set -euo pipefail
-OUT="${1:-bench/prune}"
+OUT="${1:-runs/bench_prune}"
 COMPRESS="${COMPRESS:-compress}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p "$OUT"
