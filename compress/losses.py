@@ -1,0 +1,93 @@
+"""Training losses. Every loss takes logits (N, K) and targets that are either class indices
+(N,) or a (N, K) float matrix (soft labels from mixup/cutmix, or 0/1 label sets for multilabel).
+
+multiclass: ``ce`` (cross-entropy, optional label smoothing) and ``focal`` (Lin et al. 2017,
+softmax form: ``-sum_c t_c (1 - p_c)^gamma log p_c``, with the same label smoothing).
+multilabel: ``bce`` (binary cross-entropy with logits) and ``focal`` (sigmoid focal loss).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UserError
+
+MULTICLASS_LOSSES = ("ce", "focal")
+MULTILABEL_LOSSES = ("bce", "focal")
+
+
+def soft_targets(target: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Class indices or a distribution → a (N, K) distribution, smoothed towards uniform by ``smoothing``."""
+    if target.ndim == 1:
+        target = F.one_hot(target.long(), num_classes).float()
+    if smoothing > 0:
+        target = target * (1.0 - smoothing) + smoothing / num_classes
+    return target
+
+
+class SoftCrossEntropy(nn.Module):
+    """Cross-entropy that accepts class indices or soft targets; ``smoothing`` is label smoothing."""
+
+    def __init__(self, smoothing: float = 0.0):
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if target.ndim == 1 and self.smoothing == 0:
+            return F.cross_entropy(logits, target)
+        t = soft_targets(target, logits.shape[1], self.smoothing)
+        return -(t * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss: cross-entropy down-weighted by ``(1 - p)^gamma`` on easy classes."""
+
+    def __init__(self, gamma: float = 2.0, smoothing: float = 0.0):
+        super().__init__()
+        self.gamma = gamma
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        t = soft_targets(target, logits.shape[1], self.smoothing)
+        logp = F.log_softmax(logits, dim=1)
+        return -(t * (1 - logp.exp()).pow(self.gamma) * logp).sum(dim=1).mean()
+
+
+class BinaryFocalLoss(nn.Module):
+    """Sigmoid focal loss for multilabel 0/1 (or soft) targets, averaged over samples and labels."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        bce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = p * target + (1 - p) * (1 - target)
+        return ((1 - p_t).pow(self.gamma) * bce).mean()
+
+
+class BCEWithLogits(nn.Module):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def build_loss(name: str, task: str, *, label_smoothing: float = 0.0, focal_gamma: float = 2.0) -> nn.Module:
+    """The training loss for ``task``; ``name`` "auto" means ``ce`` (multiclass) / ``bce`` (multilabel)."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise UserError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+    if focal_gamma < 0:
+        raise UserError(f"focal gamma must be >= 0, got {focal_gamma}")
+    if task == "multilabel":
+        name = "bce" if name == "auto" else name
+        if name not in MULTILABEL_LOSSES:
+            raise UserError(f"loss {name!r} does not fit a multilabel task; choose one of {', '.join(MULTILABEL_LOSSES)}")
+        return BCEWithLogits() if name == "bce" else BinaryFocalLoss(focal_gamma)
+    name = "ce" if name == "auto" else name
+    if name not in MULTICLASS_LOSSES:
+        raise UserError(f"loss {name!r} does not fit a multiclass task; choose one of {', '.join(MULTICLASS_LOSSES)}")
+    return SoftCrossEntropy(label_smoothing) if name == "ce" else FocalLoss(focal_gamma, label_smoothing)
