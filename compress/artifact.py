@@ -10,6 +10,9 @@ Metadata (the ``compress`` key of the safetensors header, a JSON string):
     labels       list of class names (len == num_classes)
     input_size   [C, H, W] the model was trained at
     mean, std    per-channel normalisation (after scaling pixels to [0, 1])
+    interpolation  Pillow resampling filter name used to resize images to input_size
+                 (compress.data.preprocess.INTERPOLATIONS: nearest, bilinear, bicubic, lanczos,
+                 box, hamming); artifacts written before this key existed load as "bilinear"
     history      list of {"stage", "params", "metrics", "time", ...}, one per stage
     layers       {module name: shape facts} for every Conv2d / Linear / BatchNorm2d, so a
                  pruned network is rebuilt from ``create_model`` + these shapes, then
@@ -46,10 +49,15 @@ class ModelMeta:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     history: list[dict[str, Any]] = field(default_factory=list)
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        from .data.preprocess import INTERPOLATIONS
+
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         if not self.labels:
             self.labels = [str(i) for i in range(self.num_classes)]
         if len(self.labels) != self.num_classes:

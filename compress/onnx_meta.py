@@ -12,6 +12,8 @@ Every value is a JSON document (strings too), under these keys:
     input_size   [C, H, W] the model was trained at (the graph accepts other H, W only when
                  exported with dynamic spatial axes; batch is always dynamic)
     mean, std    per-channel normalisation applied after scaling pixels to [0, 1]
+    interpolation  Pillow resampling filter used to resize images to input_size ("bilinear",
+                 "bicubic", ...; absent in files written before it existed: read as "bilinear")
     history      one record per stage that produced the model (stage, params, metrics, time)
 
 Read them without this package with ``onnxruntime``:
@@ -34,7 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .artifact import ModelMeta
 
 ONNX_META_FORMAT = "compress-onnx/1"
-META_KEYS = ("arch", "arch_kwargs", "num_classes", "task", "labels", "input_size", "mean", "std", "history")
+META_KEYS = ("arch", "arch_kwargs", "num_classes", "task", "labels", "input_size", "mean", "std", "history",
+             "interpolation")
 
 
 def meta_to_props(meta: "ModelMeta") -> dict[str, str]:

@@ -15,6 +15,11 @@ DistributedSampler; ``batch_size`` stays the global batch (each process takes
 ``batch_size / world_size``). Every process evaluates the full validation set on identical
 weights (BatchNorm buffers are broadcast from rank 0 each epoch) and follows rank 0's decisions;
 only rank 0 shows progress and writes logs.
+
+Knowledge distillation: ``fit(student, bundle, cfg, teacher=teacher)`` trains on Hinton's loss
+(:func:`compress.distill_loss.kd_loss`) with ``cfg.kd_temperature`` and ``cfg.kd_alpha``; the hard
+term is the configured training loss. Everything else (schedule, augmentation, BatchNorm
+recalibration, best-epoch selection, logging, DDP) is the same as plain training.
 """
 from __future__ import annotations
 
@@ -80,6 +85,8 @@ class TrainConfig:
     max_steps_per_epoch: int = 0        # cap on optimizer steps per epoch; 0 = whole training set
     bn_recalibrate: int = 512           # precise BatchNorm: re-estimate BN statistics on this many
                                         # training images before each validation; 0 = off
+    kd_temperature: float = 4.0         # distillation (only with fit(..., teacher=...)): softmax temperature T
+    kd_alpha: float = 0.7               # weight of the soft-target term; 1 - alpha weighs the hard-label loss
 
     def validate(self) -> None:
         """Raise :class:`UserError` (one line) for out-of-range values."""
@@ -100,6 +107,9 @@ class TrainConfig:
             (self.max_steps_per_epoch >= 0, f"max steps per epoch must be >= 0, got {self.max_steps_per_epoch}"),
             (0 < self.threshold < 1, f"threshold must be in (0, 1), got {self.threshold}"),
             (self.bn_recalibrate >= 0, f"bn recalibration samples must be >= 0, got {self.bn_recalibrate}"),
+            (self.kd_temperature > 0 and math.isfinite(self.kd_temperature),
+             f"distillation temperature must be > 0, got {self.kd_temperature}"),
+            (0 <= self.kd_alpha <= 1, f"distillation alpha must be in [0, 1], got {self.kd_alpha}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -227,6 +237,19 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
 
 
+def _distillation_loss(hard_loss: Callable, cfg: TrainConfig, task: str) -> Callable:
+    """``(student_logits, teacher_logits, target) -> loss``: Hinton's KD with ``hard_loss`` (the
+    configured training loss, so label smoothing / focal / soft mixup targets keep their meaning)
+    as the hard-label term."""
+    from .distill_loss import kd_loss
+
+    def loss(student_logits, teacher_logits, target):
+        return kd_loss(student_logits, teacher_logits, target, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
+                       task=task, hard_loss=hard_loss)
+
+    return loss
+
+
 def _check_model_fits(model: nn.Module, bundle: DataBundle) -> None:
     get = getattr(model, "get_classifier", None)
     out = get().out_features if callable(get) else None
@@ -257,13 +280,25 @@ class _Log:
 
 def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
         after_step: Callable[[nn.Module], None] | None = None, log_dir: str | os.PathLike | None = None,
-        log_file: str | os.PathLike | None = None, progress: bool = True) -> TrainResult:
+        log_file: str | os.PathLike | None = None, progress: bool = True,
+        teacher: nn.Module | None = None) -> TrainResult:
     """Train ``model`` on ``bundle.train``, select on ``bundle.val``; return a :class:`TrainResult`.
 
     ``after_step(model)`` runs after every optimizer step (on the unwrapped model; pruning uses it
     to re-apply masks). ``log_dir``: TensorBoard event files. ``log_file``: a text log, one line
     per epoch. ``progress``: a tqdm bar per epoch on stderr. On return the model holds the weights
-    of the best validation epoch, in eval mode."""
+    of the best validation epoch, in eval mode.
+
+    ``teacher``: distil from this network (same classes as the data): the loss becomes
+    ``alpha * T^2 * soft + (1 - alpha) * hard`` (:func:`compress.distill_loss.kd_loss`, T =
+    ``cfg.kd_temperature``, alpha = ``cfg.kd_alpha``), hard being the configured training loss.
+    The teacher runs in eval mode under ``no_grad`` on the very batch the student sees, after
+    augmentation; with mixup/cutmix that is the mixed image, so the soft term matches the
+    teacher's prediction on exactly the student's input (well defined, "function matching") and
+    the hard term uses the mixed soft labels as in plain training. The teacher is moved to the
+    training device, never wrapped in DistributedDataParallel (it takes no gradients; each
+    process runs it on its own shard), never updated, and given back in its original train/eval
+    mode. Validation and the returned metrics are the student's."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -277,6 +312,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
     cfg = cfg or TrainConfig()
     cfg.validate()
     _check_model_fits(model, bundle)
+    if teacher is not None and teacher is model:
+        raise ValueError("the teacher must be a separate network from the student")
     started = time.time()
     ctx_dist = distributed_context()
     device = resolve_device(cfg.device, ctx_dist.local_rank)
@@ -284,6 +321,10 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
     seed_everything(cfg.seed + ctx_dist.rank)  # different augmentation draws per process
     model.to(device)
     task = bundle.task
+    teacher_was_training = False
+    if teacher is not None:
+        teacher_was_training = teacher.training
+        teacher.to(device).eval()
     monitor = primary_metric(task)
     train_model: nn.Module = model
     if ctx_dist.enabled:
@@ -304,6 +345,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
                         gamma=cfg.step_gamma, htd_lower=cfg.htd_lower, htd_upper=cfg.htd_upper)
     scheduler = schedule.scheduler(optimizer)
     loss_fn = build_loss(cfg.loss, task, label_smoothing=cfg.label_smoothing, focal_gamma=cfg.focal_gamma)
+    distill_fn = _distillation_loss(loss_fn, cfg, task) if teacher is not None else None
     augment = BatchAugment(cfg.crop_padding, cfg.hflip, cfg.cutout, cfg.mixup, cfg.cutmix, cfg.mix_prob)
     autocast, scaler = _autocast(cfg, device)
     main = ctx_dist.is_main
@@ -315,6 +357,9 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
     log = _Log(log_file if main else None)
     log.write(f"start: data={bundle.name} train={n_train} val={len(bundle.val)} world={ctx_dist.world_size} "
               f"device={device} steps/epoch={steps_per_epoch} config={cfg.to_dict()}")
+    if teacher is not None:
+        log.write(f"distillation: teacher={getattr(teacher, 'arch', type(teacher).__name__)} "
+                  f"T={cfg.kd_temperature:g} alpha={cfg.kd_alpha:g}")
     show = progress and main
     if show:
         from tqdm import tqdm
@@ -349,7 +394,15 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
                 x, target = augment(x, target)
                 with autocast():
                     logits = train_model(x)
-                    loss = loss_fn(logits, target)
+                    if distill_fn is None:
+                        loss = loss_fn(logits, target)
+                    else:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                        if teacher_logits.shape != logits.shape:
+                            raise UserError(f"the teacher has {teacher_logits.shape[-1]} outputs but the student "
+                                            f"has {logits.shape[-1]}; distillation needs the same classes")
+                        loss = distill_fn(logits, teacher_logits, target)
                 if not torch.isfinite(loss):
                     raise UserError(f"training diverged (loss {loss.item()}) at epoch {epoch} step {step + 1}; "
                                     f"lower --lr or enable --grad-clip")
@@ -406,7 +459,8 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
                    **{f"val_{k}": v for k, v in val.items() if k != "n"},
                    "seconds": round(time.time() - epoch_start, 3)}
             history.append(row)
-            line = (f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
+            stage = "distill epoch" if teacher is not None else "epoch"
+            line = (f"{stage} {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
                     f"val_{monitor} {value:.4f}{' *' if improved else ''}  lr {row['lr']:.3g}  {row['seconds']:.1f}s")
             log.write(line)
             if show:
@@ -430,15 +484,20 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
             import torch.distributed as dist
 
             dist.destroy_process_group()
+        if teacher is not None:
+            teacher.train(teacher_was_training)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     seconds = time.time() - started
     log.write(f"done: best val_{monitor} {best_value:.4f} at epoch {best_epoch}, {len(history)} epochs, {seconds:.1f}s")
     log.close()
+    extra = {}
+    if teacher is not None:
+        extra["distill"] = {"temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha}
     return TrainResult(best_metrics=best_metrics, history=history, epochs_run=len(history), seconds=seconds,
                        best_epoch=best_epoch, monitor=monitor, stopped_early=stopped_early,
-                       world_size=ctx_dist.world_size)
+                       world_size=ctx_dist.world_size, extra=extra)
 
 
 def recalibrate_batchnorm(model: "nn.Module", dataset, num_samples: int, batch_size: int = 256,

@@ -172,3 +172,29 @@ def test_meta_validation():
         ModelMeta(arch="mobilenet_v2", num_classes=2, task="regression")
     with pytest.raises(ValueError, match="labels"):
         ModelMeta(arch="mobilenet_v2", num_classes=2, labels=["a"])
+
+
+def test_interpolation_round_trips_and_is_validated(tmp_path):
+    model = create_model("mobilenet_v2", num_classes=2, small_input=True, width_mult=0.25)
+    assert _meta(model).interpolation == "bilinear"
+    path = save_model(model, tmp_path / "m.safetensors", _meta(model, interpolation="bicubic"))
+    meta, raw = read_meta(path)
+    assert meta.interpolation == "bicubic" and raw["interpolation"] == "bicubic"
+    assert load_model(path)[1].interpolation == "bicubic"
+    with pytest.raises(ValueError, match="interpolation"):
+        ModelMeta(arch="mobilenet_v2", num_classes=2, interpolation="cubic")
+    _rewrite_meta(path, interpolation="sinc")
+    with pytest.raises(ArtifactError, match="interpolation"):
+        read_meta(path)
+
+
+def test_artifact_without_interpolation_loads_as_bilinear(tmp_path):
+    model = create_model("mobilenet_v2", num_classes=2, small_input=True, width_mult=0.25)
+    path = save_model(model, tmp_path / "old.safetensors", _meta(model, interpolation="lanczos"))
+    from safetensors.torch import load_file, save_file
+
+    _, raw = read_meta(path)
+    del raw["interpolation"]  # an artifact written before the key existed
+    save_file(load_file(str(path)), str(path), metadata={"compress": json.dumps(raw), "format": "pt"})
+    assert "interpolation" not in read_meta(path)[1]
+    assert load_model(path)[1].interpolation == "bilinear"

@@ -96,3 +96,44 @@ def test_multilabel_train_and_eval(tmp_path, capsys):
     report = json.loads((tmp_path / "ml-eval.json").read_text())
     assert report["task"] == "multilabel" and report["metrics"]["threshold"] == 0.4
     assert 0 <= report["metrics"]["map"] <= 1 and set(report["metrics"]["per_label"]) == {str(i) for i in range(10)}
+
+
+class _StopBeforeTraining(Exception):
+    pass
+
+
+def _initial_weights(monkeypatch, tmp_path, seed):
+    """The model's weights as `compress train --seed SEED` hands it to fit (fit is stopped there)."""
+    import compress.train
+
+    seen = {}
+
+    def fake_fit(model, *args, **kwargs):
+        seen.update({k: v.clone() for k, v in model.state_dict().items()})
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(compress.train, "fit", fake_fit)
+    with pytest.raises(_StopBeforeTraining):
+        main(["train", *TINY, "--seed", str(seed), "-o", str(tmp_path / "never-written.safetensors")])
+    return seen
+
+
+def test_seed_sets_the_initial_weights(monkeypatch, tmp_path):
+    import torch
+
+    torch.manual_seed(12345)  # whatever state the process is in must not matter
+    a = _initial_weights(monkeypatch, tmp_path, 1)
+    torch.randn(100)
+    b = _initial_weights(monkeypatch, tmp_path, 1)
+    c = _initial_weights(monkeypatch, tmp_path, 2)
+    weights = [k for k in a if k.endswith("weight")]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in weights)
+
+
+def test_train_records_the_interpolation(trained):
+    from compress.artifact import read_meta
+
+    meta, raw = read_meta(trained)
+    assert meta.interpolation == "bilinear" and raw["interpolation"] == "bilinear"
+    assert meta.history[-1]["params"]["data"]["interpolation"] == meta.interpolation

@@ -250,3 +250,21 @@ def test_cli_export_verifies_on_the_training_data_from_history(tmp_path, spec, e
     side = json.loads((tmp_path / "trained.json").read_text())
     assert expected in side["verified_on"] and side["max_abs_diff"] <= TOL
     assert read_onnx_meta(tmp_path / "trained.onnx").history == meta.history
+
+
+def test_interpolation_travels_into_onnx_and_old_files_read_as_bilinear(tmp_path):
+    from compress.onnx_meta import META_KEYS, meta_to_props, props_to_meta
+
+    model, meta = tiny("mobilenet_v2", width_mult=0.25)
+    meta.interpolation = "bicubic"
+    out = tmp_path / "m.onnx"
+    export_onnx(model, meta, out, verify=False)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert "interpolation" in META_KEYS and json.loads(props["interpolation"]) == "bicubic"
+    assert read_onnx_meta(out).interpolation == "bicubic"
+    old = {k: v for k, v in meta_to_props(meta).items() if k != "interpolation"}  # written before the key
+    assert props_to_meta(old).interpolation == "bilinear"
+    from compress.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="interpolation"):
+        props_to_meta({**old, "interpolation": json.dumps("sinc")})

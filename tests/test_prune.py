@@ -365,3 +365,29 @@ def test_masks_hold_during_fit_and_gradual_finetune_ends_sparse():
     model = models.create_model("mobilenet_v2", num_classes=10, small_input=True, width_mult=0.25)
     gradual_sparse_finetune(model, bundle, cfg, 0.6, global_scope=True, progress=False)
     assert sparsity_report(model)["global"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_recovery_distills_through_fit_with_the_configured_settings(monkeypatch):
+    """finetune/gradual_sparse_finetune hand the teacher and the KD settings to compress.train.fit."""
+    import compress.train
+    from compress.prune import finetune, gradual_sparse_finetune
+    from compress.train import TrainConfig, TrainResult
+
+    calls = []
+
+    def fake_fit(model, bundle, cfg, *, teacher=None, after_step=None, progress=True, **kw):
+        calls.append((cfg.kd_temperature, cfg.kd_alpha, teacher, after_step is not None))
+        return TrainResult(best_metrics={"top1": 0.5}, history=[], epochs_run=cfg.epochs, seconds=0.0)
+
+    monkeypatch.setattr(compress.train, "fit", fake_fit)
+    bundle = type("Bundle", (), {"train": list(range(64))})()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    teacher = copy.deepcopy(model)
+    cfg = TrainConfig(epochs=2, batch_size=32, kd_temperature=2.0, kd_alpha=0.25)
+    assert finetune(model, bundle, cfg, teacher=teacher) == {"top1": 0.5}
+    assert finetune(model, bundle, cfg, teacher=teacher, temperature=3.0, alpha=0.5) == {"top1": 0.5}
+    assert finetune(model, bundle, cfg) == {"top1": 0.5}
+    assert calls == [(2.0, 0.25, teacher, False), (3.0, 0.5, teacher, False), (2.0, 0.25, None, False)]
+    calls.clear()
+    gradual_sparse_finetune(model, bundle, cfg, 0.5, teacher=teacher, progress=False)
+    assert calls == [(2.0, 0.25, teacher, True)] * 2

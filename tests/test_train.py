@@ -204,3 +204,78 @@ def test_every_optimizer_takes_a_step(optimizer, tiny_digits):
     opt.step()
     assert not torch.equal(before, m.get_classifier().weight)
     assert opt.param_groups[1]["weight_decay"] == 0.0  # no decay on biases / BN
+
+
+# ----------------------------------------------------------------------------- distillation in fit
+
+def _linear_net(seed, scale=1.0):
+    """A flatten + linear classifier on 3x16x16 inputs (no BatchNorm: cheap and easy to mimic)."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    with torch.no_grad():
+        net[1].weight.mul_(scale)
+    return net
+
+
+def _agreement_and_kl(student, teacher, x, temperature=4.0):
+    with torch.no_grad():
+        s, t = student(x), teacher(x)
+    agree = float((s.argmax(1) == t.argmax(1)).float().mean())
+    kl = float(F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1),
+                        reduction="batchmean", log_target=True))
+    return agree, kl
+
+
+@pytest.mark.parametrize("mix", [{}, {"mixup": 0.4, "cutmix": 1.0}])
+def test_fit_with_teacher_makes_the_student_agree_with_it(tiny_digits, mix):
+    teacher = _linear_net(seed=123, scale=20.0)  # a fixed random function, unrelated to the labels
+    teacher.train()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x = torch.stack([tiny_digits.val[i][0] for i in range(len(tiny_digits.val))])
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, optimizer="adam", weight_decay=0, schedule="constant",
+                      warmup_epochs=0, crop_padding=0, label_smoothing=0, kd_alpha=1.0, kd_temperature=4.0, **mix)
+    distilled, plain = _linear_net(seed=7), _linear_net(seed=7)
+    agree0, kl0 = _agreement_and_kl(distilled, teacher, x)
+    res = fit(distilled, tiny_digits, cfg, progress=False, teacher=teacher)
+    fit(plain, tiny_digits, cfg, progress=False)
+    agree_kd, kl_kd = _agreement_and_kl(distilled, teacher, x)
+    agree_plain, kl_plain = _agreement_and_kl(plain, teacher, x)
+    assert kl_kd < 0.5 * kl0 and kl_kd < 0.5 * kl_plain
+    assert agree_kd > agree0 + 0.2 and agree_kd > agree_plain + 0.2
+    assert res.extra["distill"] == {"temperature": 4.0, "alpha": 1.0}
+    assert all(math.isfinite(r["train_loss"]) for r in res.history)
+    # the teacher is used, never trained, and keeps its mode
+    assert teacher.training
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_fit_with_teacher_alpha_zero_is_plain_training(tiny_digits):
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=3e-3, optimizer="adam", weight_decay=0, schedule="constant",
+                      warmup_epochs=0, max_steps_per_epoch=3, kd_alpha=0.0)
+    a, b = _linear_net(seed=3), _linear_net(seed=3)
+    fit(a, tiny_digits, cfg, progress=False, teacher=_linear_net(seed=9, scale=20.0))
+    fit(b, tiny_digits, cfg, progress=False)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_fit_rejects_bad_teacher_and_kd_settings(tiny_digits):
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 7))
+    with pytest.raises(UserError, match="teacher has 7 outputs"):
+        fit(_linear_net(0), tiny_digits, TrainConfig(epochs=1, max_steps_per_epoch=1), progress=False, teacher=wrong)
+    for bad in ({"kd_temperature": 0.0}, {"kd_alpha": 1.5}, {"kd_alpha": -0.1}):
+        with pytest.raises(UserError):
+            TrainConfig(**bad).validate()
+
+
+def test_kd_loss_uses_the_given_hard_loss_and_soft_targets():
+    from compress.distill_loss import kd_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    y = torch.randint(0, 4, (5,), generator=g)
+    smooth = SoftCrossEntropy(smoothing=0.1)
+    assert float(kd_loss(s, t, y, alpha=0.0, hard_loss=smooth)) == pytest.approx(float(smooth(s, y)))
+    mixed = 0.3 * F.one_hot(y, 4).float() + 0.7 * F.one_hot(y.flip(0), 4).float()
+    expected = -(mixed * F.log_softmax(s, 1)).sum(1).mean()
+    assert float(kd_loss(s, t, mixed, alpha=0.0)) == pytest.approx(float(expected), rel=1e-6)

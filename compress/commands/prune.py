@@ -147,6 +147,10 @@ def _validate_options(args: argparse.Namespace) -> str:
         raise UserError(f"--bench-input-size must be between 8 and 1024, got {args.bench_input_size}")
     if args.distill and not args.finetune:
         raise UserError("--distill needs --finetune EPOCHS")
+    if not args.kd_temperature > 0:
+        raise UserError(f"--kd-temperature must be > 0, got {args.kd_temperature}")
+    if not 0 <= args.kd_alpha <= 1:
+        raise UserError(f"--kd-alpha must be in [0, 1], got {args.kd_alpha}")
     if args.analyze:
         for r in args.ratios:
             if not 0 < r < 1:
@@ -368,7 +372,8 @@ def _train_config(args, epochs: int):
     from ..train import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.0,
-                       seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
+                       seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+                       kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha)
 
 
 def _run_prune(args, mode, model, meta, bundle, ratio_file, model_path: Path, out_path: Path, log) -> int:
@@ -402,11 +407,12 @@ def _prune_and_report(args, mode, model, meta, bundle, ratio_file, model_path: P
                               "data": bundle.name if bundle is not None else None}
     extra: dict[str, Any] = {}
     finetune_metrics: dict = {}
-    kd = {"temperature": args.kd_temperature, "alpha": args.kd_alpha}
+    if args.distill:
+        params["kd"] = {"temperature": args.kd_temperature, "alpha": args.kd_alpha}
 
-    def tune(m, epochs: int, after_step=None) -> dict:
+    def tune(m, epochs: int, after_step=None) -> dict:  # distillation settings travel in the TrainConfig
         return finetune(m, bundle, _train_config(args, epochs), after_step=after_step, teacher=teacher,
-                        progress=not args.quiet, **kd)
+                        progress=not args.quiet)
 
     if mode == "structured":
         groups_before = {g.name: g.channels for g in channel_groups(model, example, args.ignore)}

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, primary_metric, scalar_metrics
     from ..io import check_output, sidecar, write_json
     from ..report import format_table, human_count
-    from ..train import TrainConfig, distributed_context, fit
+    from ..train import TrainConfig, distributed_context, fit, seed_everything
 
     out = check_output(args.output)
     json_path = check_output(args.json_path or sidecar(out), out)
@@ -193,8 +193,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None and args.num_classes != bundle.num_classes:
         raise UserError(f"--num-classes {args.num_classes} does not match data set {bundle.name!r}, "
                         f"which has {bundle.num_classes} classes")
-    # Weight initialisation draws from torch's default generator as the process starts (a fixed
-    # state), so a run is reproducible; --seed governs data order, augmentation and dropout.
+    # --seed governs the weight initialisation too (and, inside fit, data order, augmentation and
+    # dropout): the same seed starts from identical weights, different seeds from different ones.
+    # Every torchrun process seeds alike, so all start from the same weights.
+    seed_everything(args.seed)
     model = build_model(args.model, bundle.num_classes, model_kwargs)
     pretrained = load_pretrained(model, args.model) if args.pretrained else None
 
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     history_metrics = {key: test_scalars[key], **{f"test_{k}": v for k, v in test_scalars.items()},
                        **{f"val_{k}": v for k, v in result.best_metrics.items()}}
     meta = ModelMeta.for_model(model, task=bundle.task, labels=bundle.labels, input_size=list(bundle.input_size),
-                               mean=list(bundle.mean), std=list(bundle.std))
+                               mean=list(bundle.mean), std=list(bundle.std), interpolation=bundle.interpolation)
     meta.add_history("train", params, history_metrics, seconds=round(result.seconds, 1),
                      epochs_run=result.epochs_run, best_epoch=result.best_epoch)
     save_model(model, out, meta)
