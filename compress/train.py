@@ -381,7 +381,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
                 loader.sampler.set_epoch(epoch)
             train_model.train()
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr,
-                       dynamic_ncols=True) if show else None
+                       dynamic_ncols=True, disable=None) if show else None  # None: no bar when not a TTY
             loss_sum, seen, correct = 0.0, 0, 0
             for step, (x, y) in enumerate(loader):
                 if step >= steps_per_epoch:
