@@ -143,6 +143,27 @@ class ClassifierModel(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class SequentialFeaturesModel(ClassifierModel):
+    """The common torchvision shape: ``self.features`` (nn.Sequential) → global average pool →
+    ``self.classifier`` = Sequential(Dropout, Linear). MobileNetV1/V2 and EfficientNet use it."""
+
+    features: nn.Sequential
+    classifier: nn.Sequential
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = global_pool(x)
+        return x if pre_logits else self.classifier(x)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier[-1]
+
+    def _set_classifier(self, layer: nn.Module) -> None:
+        self.classifier[-1] = layer
+
+
 def default_cfg(input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bilinear") -> dict:
     return {"input_size": (3, input_size, input_size), "mean": tuple(mean), "std": tuple(std),
             "interpolation": interpolation}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._layers import ClassifierModel, ConvBNAct, DropPath, SqueezeExcite, default_cfg, global_pool, init_weights, \
+from ._layers import ConvBNAct, DropPath, SequentialFeaturesModel, SqueezeExcite, default_cfg, init_weights, \
     make_divisible
 from ._registry import register_model
 
@@ -103,7 +103,7 @@ class MBConv(nn.Module):
         return self.block(x)
 
 
-class EfficientNet(ClassifierModel):
+class EfficientNet(SequentialFeaturesModel):
     """EfficientNet with compound scaling ``width_mult`` (channels) and ``depth_mult`` (layers).
 
     ``drop_path_rate`` is the stochastic-depth probability reached by the last block; block ``i``
@@ -150,19 +150,6 @@ class EfficientNet(ClassifierModel):
         self.classifier = nn.Sequential(nn.Dropout(p=drop_rate), nn.Linear(head_ch, num_classes))
         self.default_cfg = default_cfg(32 if small_input else resolution, interpolation="bicubic")
         init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = global_pool(x)
-        return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier[-1]
-
-    def _set_classifier(self, layer: nn.Module) -> None:
-        self.classifier[-1] = layer
 
 
 def _efficientnet(variant: str, num_classes: int, width_mult: float | None = None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._layers import ClassifierModel, ConvBNAct, default_cfg, global_pool, init_weights, make_divisible
+from ._layers import ConvBNAct, SequentialFeaturesModel, default_cfg, init_weights, make_divisible
 from ._registry import register_model
 
 
@@ -55,7 +55,7 @@ class DepthwiseSeparable(nn.Sequential):
         self.out_channels = out_ch
 
 
-class MobileNetV1(ClassifierModel):
+class MobileNetV1(SequentialFeaturesModel):
     """MobileNetV1 with the paper's width multiplier ``width_mult`` (alpha in the paper).
 
     ``small_input=True`` gives the stem and the first stride-2 layer stride 1 (total stride 8
@@ -88,19 +88,6 @@ class MobileNetV1(ClassifierModel):
         self.classifier = nn.Sequential(nn.Dropout(p=drop_rate), nn.Linear(in_ch, num_classes))
         self.default_cfg = default_cfg(32 if small_input else 224)
         init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = global_pool(x)
-        return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier[-1]
-
-    def _set_classifier(self, layer: nn.Module) -> None:
-        self.classifier[-1] = layer
 
 
 @register_model(reference="imgclsmob MobileNet x1.0: 4,231,976 params; paper Table 6: 4.2M params, 569M MACs")

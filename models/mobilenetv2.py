@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._layers import ClassifierModel, ConvBNAct, DropPath, default_cfg, global_pool, init_weights, make_divisible
+from ._layers import ConvBNAct, DropPath, SequentialFeaturesModel, default_cfg, init_weights, make_divisible
 from ._registry import register_model
 
 
@@ -60,7 +60,7 @@ class InvertedResidual(nn.Module):
         return self.conv(x)
 
 
-class MobileNetV2(ClassifierModel):
+class MobileNetV2(SequentialFeaturesModel):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, act_layer: str = "relu6",
                  small_input: bool = False, drop_rate: float = 0.2, drop_path_rate: float = 0.0,
                  in_chans: int = 3, round_nearest: int = 8):
@@ -92,19 +92,6 @@ class MobileNetV2(ClassifierModel):
         self.classifier = nn.Sequential(nn.Dropout(p=drop_rate), nn.Linear(last_ch, num_classes))
         self.default_cfg = default_cfg(32 if small_input else 224)
         init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = global_pool(x)
-        return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.classifier[-1]
-
-    def _set_classifier(self, layer: nn.Module) -> None:
-        self.classifier[-1] = layer
 
 
 @register_model(reference="torchvision mobilenet_v2: 3,504,872 params, 300M MACs (paper Table 3)",
