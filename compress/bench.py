@@ -772,6 +772,7 @@ def plot_report(report: BenchReport, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     from .io import atomic_path
 
@@ -796,14 +797,24 @@ def plot_report(report: BenchReport, path: str | os.PathLike) -> Path:
         per_image = [r["p50_ms"] / r["batch"] for r in report.results]
         if per_image and max(per_image) / max(min(per_image), 1e-9) > 20:
             ax.set_xscale("log")
+            # plain numbers on the log axis; matplotlib's default minor labels overlap
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, alpha=0.3)
+        for r in report.results:  # name each point: a legend alone makes readers match colours
+            y = static[r["model"]].get(key)
+            if y is not None and len(cells) == 1:
+                y = y / 2 ** 20 if key == "file_bytes" else (100 * y if key == "accuracy" else y)
+                ax.annotate(r["model"], (r["p50_ms"] / r["batch"], y), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7)
     model_handles = [Line2D([], [], color=colors[n], marker="o", linestyle="", label=n) for n in names]
     cell_handles = [Line2D([], [], color="black", marker=markers[c], linestyle="", fillstyle="none",
                            label=f"batch {c[0]}, {c[1]} thr")
                     for c in cells]
-    fig.legend(handles=model_handles + cell_handles, loc="center right", fontsize=8, frameon=False)
+    fig.legend(handles=model_handles + cell_handles, loc="upper center", ncol=min(6, len(names) + len(cells)),
+               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.94))
     fig.suptitle("compress bench — " + report.machine.get("cpu", ""), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
