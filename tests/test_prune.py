@@ -19,7 +19,6 @@ from compress.prune.structured import build_graph, iter_groups
 
 warnings.filterwarnings("ignore", module="torch_pruning")
 
-FAST = {"mobilenet_v2", "mobilenet_v3_small", "resnet18"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,8 +55,7 @@ def x32(n: int = 2) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- structured, registry-wide
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
-                                  for n in models.list_models()])
+@pytest.mark.parametrize("name", models.list_models())  # all of them, in the default suite (~25 s)
 def test_prune_half_every_architecture(name, tmp_path):
     import onnxruntime as ort
 
