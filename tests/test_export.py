@@ -20,13 +20,7 @@ onnx = pytest.importorskip("onnx")
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Small convolutions on a shared 2-core CPU: one thread is much faster than two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Every architecture runs in the default suite (about 25 s in all): the export contract is

@@ -40,14 +40,7 @@ REFERENCE_PARAMS: dict[str, tuple[int, str]] = {
 MY_FAMILIES = ("mobilenet_v*", "pplcnet_*")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models and inputs are tiny: one thread is fastest, and avoids OpenMP spin-waiting when
-    # the machine is shared. The previous setting is restored for the other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_model_of_these_families_has_a_reference():
