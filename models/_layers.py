@@ -2,6 +2,7 @@
 stochastic depth, channel rounding, and the common classifier surface."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -87,6 +88,15 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     keep = 1.0 - p
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
     return x * mask / keep
+
+
+def check_unused_drop_path(rate: float, family: str) -> None:
+    """For families without residual blocks: validate ``drop_path_rate`` like ``DropPath`` does,
+    and warn that it cannot act (the keyword is accepted so every model takes the same ones)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}")
+    if rate > 0:
+        warnings.warn(f"{family} has no residual blocks; drop_path_rate has no effect", stacklevel=3)
 
 
 class DropPath(nn.Module):

@@ -10,13 +10,12 @@ the rest of the zoo (``features.N.dw`` / ``features.N.pw``, ``classifier.1``).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ._layers import ConvBNAct, SequentialFeaturesModel, default_cfg, init_weights, make_divisible
+from ._layers import ConvBNAct, SequentialFeaturesModel, check_unused_drop_path, default_cfg, init_weights, make_divisible
 from ._registry import register_model
 
 
@@ -69,10 +68,7 @@ class MobileNetV1(SequentialFeaturesModel):
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        if drop_path_rate > 0:
-            warnings.warn("MobileNetV1 has no residual blocks; drop_path_rate has no effect", stacklevel=2)
+        check_unused_drop_path(drop_path_rate, "MobileNetV1")
         self.num_classes = num_classes
         in_ch = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
         stem_stride = 1 if small_input else 2

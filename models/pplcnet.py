@@ -13,14 +13,14 @@ The network has no residual connections.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._layers import ClassifierModel, ConvBNAct, SqueezeExcite, default_cfg, get_act, init_weights, make_divisible
+from ._layers import (ClassifierModel, ConvBNAct, SqueezeExcite, check_unused_drop_path, default_cfg, get_act,
+                      init_weights, make_divisible)
 from ._registry import register_model
 
 
@@ -79,10 +79,7 @@ class PPLCNet(ClassifierModel):
         super().__init__()
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        if drop_path_rate > 0:
-            warnings.warn("PP-LCNet has no residual blocks; drop_path_rate has no effect", stacklevel=2)
+        check_unused_drop_path(drop_path_rate, "PP-LCNet")
         self.num_classes = num_classes
         in_ch = make_divisible(STEM_CHANNELS * scale, round_nearest)
         stem_stride = 1 if small_input else 2
