@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("compress.commands.prune", "structured / unstructured pruning with fine-tuning"),
     "export": ("compress.commands.export", "export a model artifact to ONNX (verified against PyTorch)"),
     "bench": ("compress.commands.bench", "compare latency, size and accuracy of model variants"),
+    "serve": ("compress.commands.serve", "serve ONNX models over HTTP (FastAPI + ONNX Runtime)"),
+    "loadtest": ("compress.commands.loadtest", "load-test a running service: req/s and latency percentiles"),
 }
 
 
