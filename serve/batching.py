@@ -1,0 +1,168 @@
+"""Inference off the event loop, behind a bounded queue, with optional micro-batching.
+
+Every model has one :class:`InferenceQueue`: requests put their (n, C, H, W) arrays on an
+``asyncio.Queue`` of ``max_queue`` entries and await a future; one consumer task takes the first
+waiting entry, gathers more for up to ``max_wait_ms`` (or until ``max_batch`` images), runs them
+as one ONNX Runtime call in a one-thread executor (the session's own intra-op threads do the
+parallel work) and hands each request its rows. With ``max_batch=1`` nothing waits: it is a plain
+bounded queue in front of the session. A full queue raises :class:`QueueFull` at once (the route
+answers 503 with ``Retry-After``), so load beyond capacity never piles up in memory.
+
+Entries of a different image shape (Open Inference Protocol tensors) never share a call with
+others, so one client's odd tensor cannot fail another client's request.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+class QueueFull(RuntimeError):
+    """The model's queue is at ``max_queue`` entries."""
+
+
+class InferenceFailed(RuntimeError):
+    """ONNX Runtime refused a batch (for a client-supplied tensor: the client's fault)."""
+
+
+@dataclass
+class _Entry:
+    batch: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchResult:
+    """One request's rows of one ONNX Runtime call, with the call's timing."""
+
+    logits: np.ndarray
+    queue_ms: float       # from enqueue until its call started
+    inference_ms: float   # the ONNX Runtime call that included these rows
+    batch_size: int       # images in that call
+
+
+class InferenceQueue:
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, name: str, max_batch: int = 1,
+                 max_wait_ms: float = 0.0, max_queue: int = 64,
+                 on_batch: Callable[[int, float], None] | None = None):
+        self.run = run
+        self.name = name
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Entry] | None = None
+        self._held: list[_Entry] = []  # taken from the queue but of another shape: first next round
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def depth(self) -> int:
+        return (self._queue.qsize() if self._queue else 0) + len(self._held)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{self.name}")
+        self._task = asyncio.create_task(self._consume(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for entry in self._held + self._drain():
+            if not entry.future.done():
+                entry.future.set_exception(QueueFull("the server is shutting down"))
+        if self._executor:
+            self._executor.shutdown(wait=True)
+
+    def _drain(self) -> list[_Entry]:
+        out = []
+        while self._queue and not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
+    async def submit(self, batch: np.ndarray) -> BatchResult:
+        """Run ``batch`` (n, C, H, W) float32; raises :class:`QueueFull` when the queue is full."""
+        if self._queue is None:
+            raise RuntimeError("InferenceQueue.start() was not called")
+        if self._queue.full():
+            raise QueueFull(f"model {self.name!r}: {self.max_queue} requests already waiting")
+        entry = _Entry(batch, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(entry)
+        return await entry.future
+
+    async def _next(self, timeout: float | None) -> _Entry | None:
+        if self._held:
+            return self._held.pop(0)
+        assert self._queue is not None
+        if timeout is None:
+            return await self._queue.get()
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if timeout <= 0:
+            return None
+        # asyncio.wait, not wait_for: a get() that wins the race with the timeout keeps its entry
+        getter = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait({getter}, timeout=timeout)
+        if getter in done or not getter.cancel():
+            return getter.result()
+        return None
+
+    async def _gather(self) -> list[_Entry]:
+        first = await self._next(None)
+        entries, n = [first], len(first.batch)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        held = []
+        while n < self.max_batch:
+            entry = await self._next(deadline - loop.time())
+            if entry is None:
+                break
+            if entry.batch.shape[1:] != first.batch.shape[1:] or n + len(entry.batch) > self.max_batch:
+                held.append(entry)
+                if len(held) >= self.max_batch:
+                    break
+                continue
+            entries.append(entry)
+            n += len(entry.batch)
+        self._held[:0] = held
+        return [e for e in entries if not e.future.cancelled()]
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            entries = await self._gather()
+            if not entries:
+                continue
+            batch = entries[0].batch if len(entries) == 1 else np.concatenate([e.batch for e in entries])
+            started = time.perf_counter()
+            try:
+                logits = await loop.run_in_executor(self._executor, self.run, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # onnxruntime's own exception types
+                text = str(e).strip().splitlines()
+                failure = InferenceFailed(text[-1][:300] if text else type(e).__name__)
+                for entry in entries:
+                    if not entry.future.done():
+                        entry.future.set_exception(failure)
+                continue
+            inference_ms = (time.perf_counter() - started) * 1000.0
+            if self.on_batch:
+                self.on_batch(len(batch), inference_ms)
+            row = 0
+            for entry in entries:
+                n = len(entry.batch)
+                if not entry.future.done():
+                    entry.future.set_result(BatchResult(logits[row:row + n], (started - entry.enqueued) * 1000.0,
+                                                        inference_ms, len(batch)))
+                row += n

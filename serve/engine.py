@@ -1,0 +1,231 @@
+"""ONNX Runtime models: one CPU session per model with explicit intra-op threads, the model facts
+read from the file's ``metadata_props`` and the post-processing (softmax top-k or sigmoid above a
+threshold).
+
+The metadata keys are those ``compress export`` writes (each value a JSON document): ``labels``,
+``mean``, ``std``, ``input_size`` [C, H, W], ``task`` ("multiclass" | "multilabel"),
+``interpolation``, ``history``, ``arch``, ``arch_kwargs``, ``num_classes``, ``format``, and an
+optional ``threshold`` (default decision threshold of a multi-label model). A third-party ONNX
+file without them is served with labels "0".."K-1", mean 0 / std 1 and the graph's input size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .images import INTERPOLATIONS, ImageTransform
+
+OUR_FORMAT = "compress-onnx/1"
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_SIDE = 224  # input side for a model whose graph and metadata both leave it open
+
+
+class ModelLoadError(ValueError):
+    """An ONNX file that cannot be served (one line)."""
+
+
+def ort_session(path: str | os.PathLike, threads: int = 1, *, spinning: bool = False):
+    """An ONNX Runtime CPU session: ``threads`` intra-op threads, one inter-op thread, sequential
+    execution, all graph optimisations. Spinning is off by default: on a CPU shared with the HTTP
+    server's own threads, busy-waiting intra-op workers steal the cores that parse requests."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str          # Open Inference Protocol name, e.g. "FP32"
+    shape: list[int]       # -1 for a dynamic axis
+
+
+ORT_TO_OIP = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8",
+              "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}
+
+
+def _spec(arg) -> TensorSpec:
+    shape = [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]
+    return TensorSpec(arg.name, ORT_TO_OIP.get(arg.type, arg.type), shape)
+
+
+@dataclass
+class ModelInfo:
+    """The facts about one served model (what ``/model`` and ``/v2/models/{name}`` show)."""
+
+    name: str
+    path: Path
+    task: str
+    labels: list[str]
+    input_size: list[int]              # [C, H, W] images are resized to
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    threshold: float
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    has_metadata: bool = True
+    file_bytes: int = 0
+    sha256: str = ""
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def _json_prop(props: dict[str, str], key: str, default: Any, source: str) -> Any:
+    if key not in props:
+        return default
+    try:
+        return json.loads(props[key])
+    except ValueError:
+        raise ModelLoadError(f"{source}: metadata {key!r} is not valid JSON") from None
+
+
+def read_info(name: str, path: Path, session) -> ModelInfo:
+    """Parse the model facts from ``session``'s metadata, checked against its graph."""
+    source = str(path)
+    inputs = [_spec(a) for a in session.get_inputs()]
+    outputs = [_spec(a) for a in session.get_outputs()]
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ModelLoadError(f"{source}: expected one image input of rank 4 (N, C, H, W), got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+    if inputs[0].datatype != "FP32":
+        raise ModelLoadError(f"{source}: the input must be float32, got {inputs[0].datatype}")
+    if not outputs or len(outputs[0].shape) != 2:
+        raise ModelLoadError(f"{source}: expected a (N, classes) output, got {[(o.name, o.shape) for o in outputs]}")
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    ours = _json_prop(props, "format", None, source) == OUR_FORMAT
+    _, c, h, w = inputs[0].shape
+    k = outputs[0].shape[1]
+    input_size = _json_prop(props, "input_size", None, source) if ours else None
+    if input_size is None:
+        side = h if h > 0 else DEFAULT_SIDE
+        input_size = [c if c > 0 else 3, side, w if w > 0 else side]
+    labels = _json_prop(props, "labels", None, source) if ours else None
+    if labels is None:
+        if k <= 0:
+            raise ModelLoadError(f"{source}: no labels in the metadata and a dynamic class axis")
+        labels = [str(i) for i in range(k)]
+    task = _json_prop(props, "task", "multiclass", source) if ours else "multiclass"
+    mean = _json_prop(props, "mean", [0.0, 0.0, 0.0], source) if ours else [0.0, 0.0, 0.0]
+    std = _json_prop(props, "std", [1.0, 1.0, 1.0], source) if ours else [1.0, 1.0, 1.0]
+    interpolation = _json_prop(props, "interpolation", "bilinear", source) or "bilinear"
+    threshold = _json_prop(props, "threshold", DEFAULT_THRESHOLD, source)
+    problems = []
+    if not (isinstance(labels, list) and all(isinstance(s, str) for s in labels) and labels):
+        problems.append("labels must be a list of strings")
+    elif k > 0 and len(labels) != k:
+        problems.append(f"{len(labels)} labels for {k} outputs")
+    if task not in ("multiclass", "multilabel"):
+        problems.append(f"unknown task {task!r}")
+    if not (isinstance(input_size, list) and len(input_size) == 3 and all(isinstance(v, int) and v > 0
+                                                                         for v in input_size)):
+        problems.append(f"input_size must be [C, H, W], got {input_size!r}")
+    elif input_size[0] != 3 or (c > 0 and c != 3):
+        problems.append(f"only 3-channel (RGB) models can classify images, this one has {input_size[0]}")
+    elif (h > 0 and h != input_size[1]) or (w > 0 and w != input_size[2]):
+        problems.append(f"metadata input_size {input_size} disagrees with the graph's input {inputs[0].shape}")
+    for key, vals in (("mean", mean), ("std", std)):
+        if not (isinstance(vals, list) and len(vals) == 3 and all(isinstance(v, (int, float)) for v in vals)):
+            problems.append(f"{key} must be 3 numbers")
+    if not problems and min(std) <= 0:
+        problems.append("std must be > 0")
+    if interpolation not in INTERPOLATIONS:
+        problems.append(f"unknown interpolation {interpolation!r}")
+    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        problems.append(f"threshold must be in (0, 1), got {threshold!r}")
+    if problems:
+        raise ModelLoadError(f"{source}: unusable metadata: {'; '.join(problems)}")
+    data = path.read_bytes()
+    return ModelInfo(
+        name=name, path=path, task=task, labels=list(labels), input_size=list(input_size),
+        mean=[float(v) for v in mean], std=[float(v) for v in std], interpolation=interpolation,
+        threshold=float(threshold), arch=_json_prop(props, "arch", None, source) if ours else None,
+        arch_kwargs=_json_prop(props, "arch_kwargs", {}, source) if ours else {},
+        history=_json_prop(props, "history", [], source) if ours else [], has_metadata=ours,
+        file_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), inputs=inputs, outputs=outputs)
+
+
+class Model:
+    """One ONNX model ready to run: session, facts and image transform."""
+
+    def __init__(self, name: str, path: str | os.PathLike, threads: int = 1, *, spinning: bool = False):
+        path = Path(path)
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelLoadError(f"{path}: is a directory, expected an ONNX model")
+        try:
+            self.session = ort_session(path, threads, spinning=spinning)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
+            text = str(e).strip().splitlines()
+            raise ModelLoadError(f"{path}: not a loadable ONNX model ({text[0][:200] if text else type(e).__name__})") \
+                from None
+        self.threads = int(threads)
+        self.info = read_info(name, path, self.session)
+        self.input_name = self.info.inputs[0].name
+        self.output_name = self.info.outputs[0].name
+        _, h, w = self.info.input_size
+        self.transform = ImageTransform(h, w, tuple(self.info.mean), tuple(self.info.std), self.info.interpolation)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.info.input_size
+        return (c, h, w)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N, classes) float32 for a float32 batch (N, C, H, W). Blocking; thread-safe."""
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def warm_up(self) -> None:
+        self.run(np.zeros((1, *self.image_shape), dtype=np.float32))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))  # no overflow for large |x|
+
+
+def top_predictions(info: ModelInfo, logits: np.ndarray, k: int | None, threshold: float | None) \
+        -> list[dict[str, Any]]:
+    """``[{label, index, score}]`` for one image's logits (K,), best first.
+
+    multiclass: softmax, the ``k`` best. multilabel: sigmoid, every label scoring at least
+    ``threshold`` (default the model's), at most ``k`` of them when ``k`` is given."""
+    if info.task == "multilabel":
+        scores = sigmoid(logits)
+        cut = info.threshold if threshold is None else threshold
+        order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] >= cut]
+        if k is not None:
+            order = order[:k]
+    else:
+        scores = softmax(logits)
+        order = [int(i) for i in np.argsort(-scores, kind="stable")[:k or len(scores)]]
+    return [{"label": info.labels[i], "index": i, "score": float(scores[i])} for i in order]
