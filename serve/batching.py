@@ -61,10 +61,11 @@ class InferenceQueue:
         self._held: list[_Entry] = []  # taken from the queue but of another shape: first next round
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._direct = 0  # requests submitted to or running in the executor (max_batch == 1)
 
     @property
     def depth(self) -> int:
-        return (self._queue.qsize() if self._queue else 0) + len(self._held)
+        return (self._queue.qsize() if self._queue else 0) + len(self._held) + self._direct
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.max_queue)
@@ -94,11 +95,43 @@ class InferenceQueue:
         """Run ``batch`` (n, C, H, W) float32; raises :class:`QueueFull` when the queue is full."""
         if self._queue is None:
             raise RuntimeError("InferenceQueue.start() was not called")
+        if self.max_batch == 1:
+            return await self._submit_direct(batch)
         if self._queue.full():
             raise QueueFull(f"model {self.name!r}: {self.max_queue} requests already waiting")
         entry = _Entry(batch, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(entry)
         return await entry.future
+
+    def _timed_run(self, batch: np.ndarray) -> tuple[np.ndarray, float, float]:
+        started = time.perf_counter()
+        return self.run(batch), started, time.perf_counter()
+
+    async def _submit_direct(self, batch: np.ndarray) -> BatchResult:
+        """No batching: straight to the one-thread executor, bounded by ``max_queue`` (fewer event
+        loop round trips than the consumer task; measured ~0.1 ms less per request)."""
+        if self._direct >= self.max_queue:
+            raise QueueFull(f"model {self.name!r}: {self.max_queue} requests already waiting")
+        loop = asyncio.get_running_loop()
+        self._direct += 1
+        enqueued = time.perf_counter()
+        job = self._executor.submit(self._timed_run, batch)
+        # counted until the executor is done with it, even when the request gave up waiting
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        try:
+            logits, started, ended = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # onnxruntime's own exception types
+            text = str(e).strip().splitlines()
+            raise InferenceFailed(text[-1][:300] if text else type(e).__name__) from None
+        inference_ms = (ended - started) * 1000.0
+        if self.on_batch:
+            self.on_batch(len(batch), inference_ms)
+        return BatchResult(logits, (started - enqueued) * 1000.0, inference_ms, len(batch))
+
+    def _release(self) -> None:
+        self._direct -= 1
 
     async def _next(self, timeout: float | None) -> _Entry | None:
         if self._held:

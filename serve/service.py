@@ -115,7 +115,7 @@ class Service:
         return batch, decode_ms, preprocess_ms
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
@@ -186,10 +186,14 @@ class BodyLimitMiddleware:
 
 
 async def with_timeout(coro, seconds: float):
-    """Await ``coro``; a 504 after ``seconds`` (the per-request timeout)."""
+    """Await ``coro``; a 504 after ``seconds`` (the per-request timeout). ``asyncio.timeout``
+    (Python 3.11+) cancels in place; ``wait_for`` would start a task per request."""
     try:
+        if hasattr(asyncio, "timeout"):
+            async with asyncio.timeout(seconds):
+                return await coro
         return await asyncio.wait_for(coro, seconds)
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, TimeoutError):
         raise ServeError(504, f"request took longer than the {seconds:g} s timeout") from None
 
 

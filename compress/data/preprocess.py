@@ -1,7 +1,8 @@
 """The inference transform, written as plain numpy + Pillow steps so that the serving side
 (numpy + Pillow, no torch) can reproduce it exactly:
 
-1. convert the PIL image to RGB (a grey image is copied into 3 equal channels),
+1. convert the PIL image to 8-bit RGB with :func:`to_rgb` (EXIF orientation applied, alpha
+   composited over white, 16-bit grey scaled to 8 bits; a grey image becomes 3 equal channels),
 2. resize to ``size`` x ``size`` with the named Pillow interpolation (skipped when already that size),
 3. scale uint8 pixels to float32 in [0, 1] (divide by 255),
 4. normalise each channel: ``(x - mean[c]) / std[c]``,
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Pillow resampling filters by name (the names stored in artifacts).
 INTERPOLATIONS: dict[str, int] = {
@@ -28,6 +29,31 @@ INTERPOLATIONS: dict[str, int] = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+
+
+ALPHA_BACKGROUND = (255, 255, 255)
+_HIGH_DEPTH = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB image: EXIF orientation applied; alpha (RGBA, LA, palette or grey/RGB with a
+    transparent colour) composited over white; 16/32-bit grey scaled to 8 bits (÷257, 65535 →
+    255); float grey clipped to 0..255; CMYK, YCbCr, 1-bit and palette converted by Pillow.
+    The serving side (``serve/images.py``, no torch) has an identical copy; a test compares them."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _HIGH_DEPTH:
+        a = np.asarray(image).astype(np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+    elif mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8), mode="L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -49,7 +75,7 @@ class Preprocess:
 
     def resize(self, image: Image.Image) -> Image.Image:
         """Steps 1-2: RGB at ``size`` x ``size``."""
-        image = image.convert("RGB")
+        image = to_rgb(image)
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), INTERPOLATIONS[self.interpolation])
         return image
