@@ -72,6 +72,9 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
+        ours = _accepted_magic(data)
+        if ours:
+            raise ImageError(f"corrupt {ours} image: the header cannot be read") from None
         kind = _sniff(data)
         if kind:
             raise ImageError(f"unsupported image format {kind}; accepted: {', '.join(FORMATS)}", 415) from None
@@ -96,6 +99,18 @@ def load_image(image: Image.Image) -> Image.Image:
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError, IndexError, TypeError) as e:
         raise ImageError(f"corrupt or truncated {image.format} image: {_first_line(e)}") from None
     return image
+
+
+def _accepted_magic(data: bytes) -> str | None:
+    """The accepted format ``data`` claims to be by its magic bytes (then a failure is corruption)."""
+    head = data[:12]
+    for magic, name in ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+                        (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")):
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
 
 
 def _sniff(data: bytes) -> str | None:
