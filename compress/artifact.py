@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,60 +31,11 @@ import torch.nn as nn
 
 from .errors import ArtifactError
 from .io import atomic_path
+from .meta import ModelMeta
+from .torch_utils import sync_head
 
 FORMAT = "compress-model/1"
 META_KEY = "compress"
-TASKS = ("multiclass", "multilabel")
-
-
-@dataclass
-class ModelMeta:
-    arch: str
-    num_classes: int
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    task: str = "multiclass"
-    labels: list[str] = field(default_factory=list)
-    input_size: list[int] = field(default_factory=lambda: [3, 224, 224])
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    history: list[dict[str, Any]] = field(default_factory=list)
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        from .data.preprocess import INTERPOLATIONS
-
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
-        if not self.labels:
-            self.labels = [str(i) for i in range(self.num_classes)]
-        if len(self.labels) != self.num_classes:
-            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
-        self.input_size = [int(v) for v in self.input_size]
-        self.mean = [float(v) for v in self.mean]
-        self.std = [float(v) for v in self.std]
-
-    def add_history(self, stage: str, params: dict[str, Any] | None = None,
-                    metrics: dict[str, Any] | None = None, **extra: Any) -> None:
-        """Append one stage record (stage name, its parameters, key metrics, wall-clock time)."""
-        entry = {"stage": stage, "params": params or {}, "metrics": metrics or {},
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        entry.update(extra)
-        self.history.append(entry)
-
-    @classmethod
-    def for_model(cls, model: nn.Module, **kw: Any) -> "ModelMeta":
-        """Metadata for a model built by ``create_model`` (arch, kwargs and class count from it)."""
-        arch = getattr(model, "arch", None)
-        if arch is None:
-            raise ValueError("model was not built by models.create_model (no .arch attribute)")
-        cfg = getattr(model, "default_cfg", {})
-        kw.setdefault("input_size", list(cfg.get("input_size", (3, 224, 224))))
-        kw.setdefault("mean", list(cfg.get("mean", (0.485, 0.456, 0.406))))
-        kw.setdefault("std", list(cfg.get("std", (0.229, 0.224, 0.225))))
-        return cls(arch=arch, arch_kwargs=dict(getattr(model, "arch_kwargs", {})),
-                   num_classes=int(model.get_classifier().out_features), **kw)
 
 
 def layer_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -209,8 +159,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise ArtifactError(f"{path}: weights do not fit {meta.arch}: {' '.join(first[:2])[:300]}") from None
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier) and hasattr(model, "num_features"):  # a pruned head is narrower
-        model.num_features = int(get_classifier().in_features)
+    sync_head(model)  # a pruned head is narrower
     model.to(device).eval()
     return model, meta

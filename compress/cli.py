@@ -1,5 +1,6 @@
 """``compress``: one subcommand per stage. Each command module is a thin adapter: it declares its
-arguments (``add_arguments``) and makes one library call (``run``), printing a short table.
+arguments (``add_arguments``, mostly derived from the stage's Config), fills the Config, makes
+one library call (``run``) and prints a short table.
 
 Bad input raises ``UserError``; ``main`` turns it into one line on stderr and exit code 2.
 """
@@ -13,8 +14,8 @@ import sys
 from . import __version__
 from .errors import UserError
 
-# name -> (module, one-line help). Modules are imported when argparse is built; they import
-# heavy libraries (torch, onnxruntime) inside ``run`` only, so ``compress --help`` stays quick.
+# name -> (module, one-line help). Only the module of the command being run is imported (its
+# Config may import torch), so ``compress --help`` and every other command's start stay quick.
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("compress.commands.models", "list architectures with parameters and MACs"),
     "train": ("compress.commands.train", "train a model from the zoo on a data set"),
@@ -32,7 +33,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), if any."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser for ``argv``'s subcommand; the others are listed by name and help only
+    (``argv=None``: every subcommand gets its arguments)."""
     parser = _Parser(
         prog="compress",
         description="Make lightweight image classifiers small and fast on CPU, and measure what it cost.\n"
@@ -41,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    chosen = None if argv is None else _chosen_command(argv)
     for name, (module_name, help_text) in COMMANDS.items():
         if importlib.util.find_spec(module_name) is None:  # a stage not built yet
+            continue
+        if argv is not None and name != chosen:
+            sub.add_parser(name, help=help_text)
             continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
@@ -53,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a one-line usage error (already printed)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -1,7 +1,13 @@
 """Evaluate a classifier on a data set: run it once over the samples and compute the metrics of
-:mod:`compress.metrics` for its task, plus the mean loss (cross-entropy or BCE)."""
+:mod:`compress.metrics` for its task, plus the mean loss (cross-entropy or BCE).
+
+In memory: :func:`evaluate` (a module and a dataset). The eval stage: :class:`EvalConfig` →
+:func:`evaluate_artifact` (a model file) → :class:`EvalResult`."""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -11,7 +17,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import metrics as M
+from .config import StageConfig, option
 from .errors import UserError
+from .torch_utils import model_mode
 
 
 @torch.no_grad()
@@ -23,15 +31,11 @@ def predict(model: nn.Module, dataset_or_loader: Dataset | DataLoader, batch_siz
         DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False)
     if device is None:
         device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     outs, targets = [], []
-    try:
+    with model_mode(model, training=False):
         for x, y in loader:
             outs.append(model(x.to(device)).float().cpu())
             targets.append(torch.as_tensor(y))
-    finally:
-        model.train(was_training)
     if not outs:
         raise UserError("nothing to evaluate: the data split is empty")
     return torch.cat(outs).numpy(), torch.cat(targets).numpy()
@@ -71,3 +75,64 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def primary_metric(task: str) -> str:
     """The metric model selection and early stopping use: top-1 accuracy or mAP."""
     return "top1" if task == "multiclass" else "map"
+
+
+# ----------------------------------------------------------------------------- the stage
+
+@dataclass(kw_only=True)
+class EvalConfig(StageConfig):
+    """Options of the eval stage (``compress eval``)."""
+
+    data: str | None = option(None, help="data spec (default: the one the model was trained on)")
+    split: str = option("test", choices=("train", "val", "test"), help="which split to evaluate")
+    data_seed: int | None = option(None, help="split seed (default: the training run's, else 0)")
+    data_root: str | None = option(None, help="folder for cifar10/cifar100 (default $COMPRESS_DATA_ROOT)")
+    label_sep: str | None = option(None, help="separator of several labels in a csv cell (default: the "
+                                              "training run's)")
+    batch_size: int = option(256, check=(lambda v: v >= 1, "must be >= 1"), help="evaluation batch size")
+    threshold: float = option(0.5, check=(lambda v: 0 < v < 1, "must be in (0, 1)"),
+                              help="acceptance threshold for FAR/FRR and multilabel decisions")
+    device: str = option("auto", help="auto, cpu, cuda")
+
+
+@dataclass
+class EvalResult:
+    model: Path
+    data: str
+    split: str
+    data_seed: int
+    task: str
+    n: int
+    metrics: dict[str, Any]
+    report_path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": "eval", "model": str(self.model), "data": self.data, "split": self.split,
+                "data_seed": self.data_seed, "task": self.task, "n": self.n, "metrics": self.metrics}
+
+
+def evaluate_artifact(model_path: str | os.PathLike, config: EvalConfig | None = None, *,
+                      report_path: str | os.PathLike | None = None) -> EvalResult:
+    """The eval stage: metrics of a model artifact on a split of its data set (default: the one
+    its history records, preprocessed as the artifact says), written as JSON to ``report_path``
+    (default ``MODEL.eval-SPLIT.json``)."""
+    from .artifact import load_model
+    from .data import load_data_for_model
+    from .io import check_outputs, sidecar, write_json
+    from .training.optim import resolve_device
+
+    cfg = (config or EvalConfig()).validate()
+    model_path = Path(model_path)
+    (json_path,) = check_outputs([report_path or sidecar(model_path, f".eval-{cfg.split}.json")], [model_path])
+    device = resolve_device(cfg.device)
+    model, meta = load_model(model_path, device=device)
+    bundle = load_data_for_model(meta, cfg.data, seed=cfg.data_seed, data_root=cfg.data_root,
+                                 label_sep=cfg.label_sep, source=str(model_path))
+    dataset = bundle.split(cfg.split)
+    metrics = evaluate(model, dataset, meta.task, cfg.batch_size, labels=meta.labels, threshold=cfg.threshold,
+                       device=device)
+    seed = cfg.data_seed if cfg.data_seed is not None else int(meta.training_data().get("data_seed", 0))
+    result = EvalResult(model_path, cfg.data or meta.training_data()["spec"], cfg.split, seed, meta.task,
+                        len(dataset), metrics, json_path)
+    write_json(json_path, result.to_dict())
+    return result

@@ -27,10 +27,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .artifact import ModelMeta
+from .config import StageConfig, option
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, check_outputs, sidecar, write_json
+from .meta import ModelMeta
 from .onnx_meta import set_onnx_meta
+from .runtime import ort_session
+from .torch_utils import model_mode, torch_threads
 
 MIN_OPSET = 13
 MAX_OPSET = 20  # the TorchScript exporter's limit in torch 2.14
@@ -103,17 +106,6 @@ def _torch_export(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int,
         )
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run the block with ``n`` PyTorch intra-op threads, then restore the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every Conv2d → BatchNorm2d pair fused into one conv.
 
@@ -129,29 +121,6 @@ def _op_counts(graph) -> dict[str, int]:
     for node in graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def ort_session(path: str | os.PathLike, threads: int = 1, *, spinning: bool = True):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads, sequential execution."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-
-
-@contextlib.contextmanager
-def _restore_mode(model: nn.Module, training: bool):
-    try:
-        yield
-    finally:
-        model.train(training)
 
 
 @torch.no_grad()
@@ -173,6 +142,38 @@ def _max_abs_diff(model: nn.Module, session, images: torch.Tensor, dynamic_spati
             raise ExportVerificationError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
         worst = max(worst, float(np.abs(out - ref).max()))
     return worst
+
+
+def _export_graph(model: nn.Module, dummy: torch.Tensor, tmp: Path, opset: int, dynamic_spatial: bool,
+                  notes: list[str]):
+    """Export to ``tmp`` and load the graph; when the exporter left BatchNormalization nodes,
+    export again from a torch.fx-fused copy. Returns (proto, BatchNormalization nodes left)."""
+    import onnx
+
+    _torch_export(model, dummy, tmp, opset, dynamic_spatial)
+    proto = onnx.load(str(tmp))
+    bn = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    if bn:
+        _torch_export(fold_batchnorm(model), dummy, tmp, opset, dynamic_spatial)
+        proto = onnx.load(str(tmp))
+        bn = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
+        notes.append("BatchNorm folded with torch.fx before export")
+        if bn:
+            notes.append(f"{bn} BatchNormalization node(s) not after a convolution stay in the graph")
+    return proto, bn
+
+
+def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike, images: torch.Tensor, tol: float,
+                dynamic_spatial: bool = True) -> float:
+    """The largest |ONNX Runtime - PyTorch| logit difference on ``images`` (see
+    :func:`_max_abs_diff`); :class:`ExportVerificationError` when it exceeds ``tol`` or is not
+    finite (a NaN anywhere fails)."""
+    max_diff = _max_abs_diff(model, ort_session(onnx_path, threads=1), images, dynamic_spatial)
+    if not np.isfinite(max_diff) or max_diff > tol:
+        raise ExportVerificationError(
+            f"ONNX Runtime differs from PyTorch by {max_diff:.3g} (max abs logit) > tolerance {tol:g}; "
+            f"nothing written (raise --tol or use --no-verify to inspect the graph)")
+    return max_diff
 
 
 def export_onnx(model: nn.Module, meta: ModelMeta, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
@@ -202,59 +203,112 @@ def export_onnx(model: nn.Module, meta: ModelMeta, path: str | os.PathLike, *, o
     path = Path(path)
     start = time.perf_counter()
     notes: list[str] = []
-    was_training = model.training
-    model.eval()
     # One thread: tracing and a few verification images are small work, and on a CPU shared with
     # other jobs PyTorch's OpenMP barriers make multi-threaded small convolutions 10-50x slower.
-    with torch_threads(1), _restore_mode(model, was_training):
-        if verify and verify_images is None:
-            g = torch.Generator().manual_seed(0)
-            verify_images = torch.randn(4, *size, generator=g)
-            verify_source = verify_source or "random normal inputs"
-        if verify_images is not None:
+    with torch_threads(1), model_mode(model, training=False):
+        if verify:
+            if verify_images is None:
+                verify_images = torch.randn(4, *size, generator=torch.Generator().manual_seed(0))
+                verify_source = verify_source or "random normal inputs"
             verify_images = verify_images.detach().float().cpu()
             if tuple(verify_images.shape[1:]) != size:
                 raise UserError(f"verification images are {tuple(verify_images.shape[1:])}, export input is {size}")
         dummy = torch.randn(2, *size, generator=torch.Generator().manual_seed(1))
         with atomic_path(path) as tmp:
-            _torch_export(model, dummy, tmp, int(opset), dynamic_spatial)
-            proto = onnx.load(str(tmp))
-            bn = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
-            export_model = model
-            if bn:
-                export_model = fold_batchnorm(model)
-                _torch_export(export_model, dummy, tmp, int(opset), dynamic_spatial)
-                proto = onnx.load(str(tmp))
-                bn = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
-                notes.append("BatchNorm folded with torch.fx before export")
-                if bn:
-                    notes.append(f"{bn} BatchNormalization node(s) not after a convolution stay in the graph")
-            simplified = False
+            proto, bn = _export_graph(model, dummy, tmp, int(opset), dynamic_spatial, notes)
             if simplify:
                 import onnxslim
 
                 with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     proto = onnxslim.slim(proto)
-                simplified = True
             proto.producer_name = "compress"
             proto.doc_string = f"{meta.arch} ({meta.task}, {meta.num_classes} classes) exported by compress"
             set_onnx_meta(proto, meta)
             onnx.checker.check_model(proto, full_check=True)
             onnx.save(proto, str(tmp))
-            max_diff = None
-            if verify:
-                session = ort_session(tmp, threads=1)
-                max_diff = _max_abs_diff(model, session, verify_images, dynamic_spatial)
-                if not np.isfinite(max_diff) or max_diff > tol:
-                    raise ExportVerificationError(
-                        f"ONNX Runtime differs from PyTorch by {max_diff:.3g} (max abs logit) > tolerance {tol:g}; "
-                        f"nothing written (raise --tol or use --no-verify to inspect the graph)")
+            max_diff = verify_onnx(model, tmp, verify_images, tol, dynamic_spatial) if verify else None
             file_bytes = tmp.stat().st_size
-    n_verify = 0 if verify_images is None else len(verify_images)
     return ExportReport(
         path=path, opset=int(opset), input_size=size, file_bytes=file_bytes, nodes=len(proto.graph.node),
-        op_counts=_op_counts(proto.graph), batchnorm_nodes=bn, simplified=simplified,
-        dynamic_spatial=dynamic_spatial, max_abs_diff=max_diff,
-        tolerance=float(tol), verified_on=f"{n_verify} images ({verify_source})" if verify else "skipped",
+        op_counts=_op_counts(proto.graph), batchnorm_nodes=bn, simplified=simplify,
+        dynamic_spatial=dynamic_spatial, max_abs_diff=max_diff, tolerance=float(tol),
+        verified_on=f"{len(verify_images)} images ({verify_source})" if verify else "skipped",
         seconds=time.perf_counter() - start, notes=notes)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+VERIFY_IMAGES = 8
+
+
+@dataclass(kw_only=True)
+class ExportConfig(StageConfig):
+    """Options of the export stage (``compress export``)."""
+
+    opset: int = option(DEFAULT_OPSET, check=(lambda v: MIN_OPSET <= v <= MAX_OPSET,
+                                              f"must be between {MIN_OPSET} and {MAX_OPSET}"),
+                        help="ONNX opset version")
+    input_size: int | None = option(None, check=(lambda v: 8 <= v <= 4096, "must be between 8 and 4096"),
+                                    help="square input side to trace and verify at (default: the model's "
+                                         "training size)")
+    static_shape: bool = option(False, help="fix height and width in the graph (default: dynamic, any input "
+                                            "size works)")
+    verify: bool = option(True, help="compare ONNX Runtime with PyTorch on real images and refuse the export "
+                                     "above --tol")
+    data: str | None = option(None, help="data set whose test images verify the export (default: the one in "
+                                         "the model's history, else random inputs)")
+    tol: float = option(DEFAULT_TOLERANCE, check=(lambda v: v > 0, "must be > 0"),
+                        help="largest allowed |ORT - PyTorch| logit difference")
+    simplify: bool = option(DEFAULT_SIMPLIFY, help="run onnxslim on the graph (measured: no speed-up; see "
+                                                   "compress/export.py)")
+
+
+def verification_images(meta: ModelMeta, spec: str | None, side: int) -> tuple[torch.Tensor | None, str, list[str]]:
+    """(images, where they came from, notes): the first test images of ``spec`` (default: the data
+    set in the model's history) preprocessed for the model; ``None`` when no data set is named, or
+    when the recorded one cannot be loaded (a note says so; an explicit ``spec`` must load)."""
+    from .data import load_data_for_model
+
+    if not (spec or meta.training_data()):
+        return None, "", []
+    try:
+        bundle = load_data_for_model(meta, spec, image_size=side, check=False)
+    except UserError as e:
+        if spec:
+            raise
+        return None, "", [f"data set from the model's history is not available ({e}); verified on random inputs"]
+    split = bundle.test if len(bundle.test) else bundle.val
+    n = min(VERIFY_IMAGES, len(split))
+    if n == 0:
+        raise UserError(f"data set {bundle.name!r} has no test images to verify with")
+    images = torch.stack([split[i][0] for i in range(n)])
+    if images.shape[1] != meta.input_size[0]:
+        raise UserError(f"data set {bundle.name!r} has {images.shape[1]} channels, the model expects "
+                        f"{meta.input_size[0]}")
+    return images, f"{bundle.name} test split", []
+
+
+def export_artifact(model_path: str | os.PathLike, output: str | os.PathLike | None = None,
+                    config: ExportConfig | None = None) -> ExportReport:
+    """The export stage: ``model_path`` (.safetensors) → ``output`` (.onnx, default: the model's
+    name with .onnx) plus its JSON report (``output`` + .json). Returns the report."""
+    from .artifact import load_model
+
+    cfg = (config or ExportConfig()).validate()
+    src = Path(model_path)
+    out = Path(output) if output else src.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"output {out} should end in .onnx")
+    check_outputs([out, sidecar(out)], [src])
+    model, meta = load_model(src)
+    images, source, notes = None, "", []
+    if cfg.verify:
+        images, source, notes = verification_images(meta, cfg.data, cfg.input_size or int(meta.input_size[-1]))
+    report = export_onnx(model, meta, out, opset=cfg.opset, verify=cfg.verify, input_size=cfg.input_size,
+                         verify_images=images, verify_source=source, tol=cfg.tol, simplify=cfg.simplify,
+                         dynamic_spatial=not cfg.static_shape)
+    report.notes[:0] = notes
+    write_json(sidecar(out), {**report.to_dict(), "source": str(src), "arch": meta.arch, "command": "export",
+                              "config": cfg.to_dict()})
+    return report

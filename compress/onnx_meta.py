@@ -33,7 +33,7 @@ from .errors import ArtifactError
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from .artifact import ModelMeta
+    from .meta import ModelMeta
 
 ONNX_META_FORMAT = "compress-onnx/1"
 META_KEYS = ("arch", "arch_kwargs", "num_classes", "task", "labels", "input_size", "mean", "std", "history",
@@ -65,7 +65,7 @@ def props_to_meta(props: Mapping[str, str], source: str = "ONNX model", *, warn:
     Returns ``None`` (with a warning when ``warn``) when the model carries no ``format`` key of
     ours — a third-party ONNX file. Raises :class:`ArtifactError` when our keys are present but
     unreadable."""
-    from .artifact import ModelMeta
+    from .meta import ModelMeta
 
     if "format" not in props:
         if warn:

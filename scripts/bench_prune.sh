@@ -31,4 +31,4 @@ $COMPRESS prune "$OUT/mnv2.safetensors" --ratio 0.5 --method l2 --finetune 6 --d
 $COMPRESS prune "$OUT/r18.safetensors" --sparsity 0.9 --global --finetune 6 --no-bench --quiet \
   -o "$OUT/r18-s90.safetensors"
 
-echo "reports: $OUT/mnv2-p50.json $OUT/r18-s90.json"
+echo "reports: $OUT/mnv2-p50.safetensors.json $OUT/r18-s90.safetensors.json"

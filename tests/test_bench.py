@@ -12,8 +12,9 @@ import torch.nn as nn
 
 import models
 from compress.artifact import ModelMeta, save_model
-from compress.bench import (LatencyStats, load_variant, measure_interleaved, onnx_macs, time_onnx,
-                            time_torch)
+from compress.bench.variants import load_variant, time_torch
+from compress.onnx_graph import onnx_macs
+from compress.runtime import LatencyStats, measure_interleaved, time_onnx
 from compress.cli import main
 from compress.errors import UserError
 from compress.export import export_onnx
@@ -187,18 +188,20 @@ def test_bench_refuses_to_overwrite_an_input(zoo, tmp_path, capsys):
 
 def test_format_hook_reports_stored_size(zoo, tmp_path, monkeypatch):
     """A compressed container registers a loader; bench shows its stored size next to the file size."""
-    import compress.bench as B
+    import compress.formats as formats
     from compress.artifact import load_model
+    from compress.bench import BenchConfig, run_benchmark
+    from compress.report.bench import format_report
 
     def load_container(path):
         model, meta = load_model(zoo / "a.safetensors")  # stands in for decoding the container
-        return B.LoadedModel(model=model, meta=meta, stored_bytes=1234)
+        return formats.LoadedModel(model=model, meta=meta, stored_bytes=1234)
 
-    monkeypatch.setitem(B._FORMATS, ".dcz", load_container)
+    monkeypatch.setitem(formats._FORMATS, ".dcz", load_container)
     container = tmp_path / "a.dcz"
     container.write_bytes(b"\0" * 100)
-    report = B.run_benchmark([zoo / "a.onnx", container], threads=[1], min_runs=2, budget_s=0, warmup=0)
+    report = run_benchmark([zoo / "a.onnx", container], BenchConfig(threads=[1], min_runs=2, budget=0, warmup=0))
     v = {x["model"]: x for x in report.variants}
     assert v["a.dcz"]["stored_bytes"] == 1234 and v["a.dcz"]["engine"] == "pytorch"
     assert v["a.onnx"]["stored_bytes"] is None
-    assert "stored" in B.format_report(report)
+    assert "stored" in format_report(report)

@@ -32,10 +32,10 @@ def test_train_writes_artifact_sidecar_and_log(trained):
     assert entry["stage"] == "train" and entry["params"]["data"]["spec"] == "digits"
     assert entry["params"]["config"]["epochs"] == 1 and 0 <= entry["metrics"]["test_top1"] <= 1
     assert entry["seconds"] > 0
-    report = json.loads(trained.with_suffix(".json").read_text())
+    report = json.loads(trained.with_name("tiny.safetensors.json").read_text())
     assert report["result"]["test"]["top1"] == entry["metrics"]["top1"]
     assert len(report["history"]) == 1 and report["data"]["sizes"]["train"] == 96
-    assert "epoch 1/1" in trained.with_suffix(".log").read_text()
+    assert "epoch 1/1" in trained.with_name("tiny.safetensors.log").read_text()
 
 
 def test_eval_prints_table_and_writes_json(trained, capsys):
@@ -43,8 +43,8 @@ def test_eval_prints_table_and_writes_json(trained, capsys):
     assert main(["eval", str(trained), "--split", "test", "--per-class"]) == 0  # data from the history
     out = capsys.readouterr().out
     assert "top1" in out and "far" in out and "frr" in out and "test, 270 samples" in out
-    report = json.loads(trained.with_name("tiny.eval-test.json").read_text())
-    meta_top1 = json.loads(trained.with_suffix(".json").read_text())["result"]["test"]["top1"]
+    report = json.loads(trained.with_name("tiny.safetensors.eval-test.json").read_text())
+    meta_top1 = json.loads(trained.with_name("tiny.safetensors.json").read_text())["result"]["test"]["top1"]
     assert report["metrics"]["top1"] == pytest.approx(meta_top1)  # same preprocessing, same numbers
     assert len(report["metrics"]["confusion_matrix"]) == 10
 
@@ -104,7 +104,7 @@ class _StopBeforeTraining(Exception):
 
 def _initial_weights(monkeypatch, tmp_path, seed):
     """The model's weights as `compress train --seed SEED` hands it to fit (fit is stopped there)."""
-    import compress.train
+    import compress.training.loop
 
     seen = {}
 
@@ -112,7 +112,7 @@ def _initial_weights(monkeypatch, tmp_path, seed):
         seen.update({k: v.clone() for k, v in model.state_dict().items()})
         raise _StopBeforeTraining
 
-    monkeypatch.setattr(compress.train, "fit", fake_fit)
+    monkeypatch.setattr(compress.training.loop, "fit", fake_fit)
     with pytest.raises(_StopBeforeTraining):
         main(["train", *TINY, "--seed", str(seed), "-o", str(tmp_path / "never-written.safetensors")])
     return seen

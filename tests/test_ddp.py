@@ -25,14 +25,18 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     from compress.data import load_data
-    from compress.train import TrainConfig, fit
+    from compress.training.callbacks import TrainLogger
+    from compress.training.config import TrainConfig
+    from compress.training.loop import fit
     from models import create_model
 
     bundle = load_data("digits", image_size=16, train_limit=64)
     torch.manual_seed(rank)  # different initial weights: DDP must broadcast rank 0's
     model = create_model("mobilenet_v2", num_classes=10, width_mult=0.25, small_input=True)
+    logger = TrainLogger(progress=False, log_file=Path(out_dir) / "train.log")  # fit reports on rank 0 only
     res = fit(model, bundle, TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=2, bn_recalibrate=32),
-              progress=False, log_file=Path(out_dir) / "train.log")
+              callback=logger)
+    logger.close()
     state = model.state_dict()
     summary = {"world_size": res.world_size, "epochs": res.epochs_run, "best": res.best_metrics["top1"],
                "checksum": {k: float(v.double().sum()) for k, v in state.items()}}

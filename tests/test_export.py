@@ -12,7 +12,8 @@ import torch.nn as nn
 import models
 from compress.artifact import ModelMeta, load_model, save_model
 from compress.cli import main
-from compress.export import ExportVerificationError, export_onnx, ort_session
+from compress.export import ExportVerificationError, export_onnx
+from compress.runtime import ort_session
 from compress.onnx_meta import ONNX_META_FORMAT, read_onnx_meta
 
 onnx = pytest.importorskip("onnx")
@@ -188,17 +189,17 @@ def test_cli_export_with_real_images(artifact, tmp_path, capsys):
     assert main(["export", str(artifact), "-o", str(out), "--data", "digits"]) == 0
     printed = capsys.readouterr().out
     assert "max abs diff" in printed and "digits test split" in printed
-    side = json.loads((tmp_path / "small.json").read_text())
+    side = json.loads((tmp_path / "small.onnx.json").read_text())
     assert side["max_abs_diff"] <= TOL and side["verified_on"].startswith("8 images")
     assert side["batchnorm_nodes"] == 0 and side["opset"] == 17
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.json", "small.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx", "small.onnx.json"]
 
 
 def test_cli_export_no_verify_default_output(artifact, tmp_path):
     src = tmp_path / "copy.safetensors"
     src.write_bytes(artifact.read_bytes())
     assert main(["export", str(src), "--no-verify"]) == 0
-    side = json.loads((tmp_path / "copy.json").read_text())
+    side = json.loads((tmp_path / "copy.onnx.json").read_text())
     assert side["max_abs_diff"] is None and side["verified_on"] == "skipped"
     assert (tmp_path / "copy.onnx").exists()
 
@@ -233,7 +234,7 @@ def test_cli_export_verifies_on_the_training_data_from_history(tmp_path, spec, e
     src = tmp_path / "trained.safetensors"
     save_model(model, src, meta)
     assert main(["export", str(src)]) == 0
-    side = json.loads((tmp_path / "trained.json").read_text())
+    side = json.loads((tmp_path / "trained.onnx.json").read_text())
     assert expected in side["verified_on"] and side["max_abs_diff"] <= TOL
     assert read_onnx_meta(tmp_path / "trained.onnx").history == meta.history
 

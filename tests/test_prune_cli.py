@@ -10,6 +10,7 @@ import torch
 import models
 from compress.artifact import ModelMeta, load_model, read_meta, save_model
 from compress.cli import main
+from compress.io import sidecar
 from compress.prune import sparsity_report
 
 warnings.filterwarnings("ignore", module="torch_pruning")
@@ -38,7 +39,7 @@ def test_structured_ratio_half(base, tmp_path, capsys):
     model, meta = load_model(out)
     assert meta.history[-1]["stage"] == "prune" and meta.history[-1]["params"]["ratio"] == 0.5
     assert model.get_classifier().out_features == 10
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads(sidecar(out).read_text())
     assert report["after"]["macs"] < 0.6 * report["before"]["macs"]
     assert report["after"]["params"] < report["before"]["params"]
     assert report["after"]["file_bytes"] < report["before"]["file_bytes"]
@@ -53,7 +54,7 @@ def test_unstructured_sparsity_global(base, tmp_path):
     assert main(["prune", str(base), "--sparsity", "0.7", "--global", "--no-bench", "--quiet", "-o", str(out)]) == 0
     model, meta = load_model(out)
     assert abs(sparsity_report(model)["global"] - 0.7) < 1e-3
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads(sidecar(out).read_text())
     assert abs(report["sparsity"]["global"] - 0.7) < 1e-3
     assert set(report["sparsity"]["layers"]) == set(sparsity_report(model)["layers"])
     assert meta.history[-1]["params"]["sparsity"] == 0.7
@@ -65,7 +66,7 @@ def test_target_macs(base, tmp_path):
     target = int(before * 0.6)
     assert main(["prune", str(base), "--target-macs", str(target), "--round-to", "0", "--no-bench", "--quiet",
                  "-o", str(out)]) == 0
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads(sidecar(out).read_text())
     assert report["search"]["reached"] and report["after"]["macs"] <= target
     assert 0 < report["params"]["ratio"] < 0.9
 
@@ -142,7 +143,7 @@ def test_ratio_file_with_unknown_layer(base, tmp_path, capsys):
 
 
 def test_imagenet_stem_twin_keeps_pruned_widths(base, tmp_path):
-    from compress.commands.prune import imagenet_stem_twin
+    from compress.prune.measure import imagenet_stem_twin
 
     out = tmp_path / "p.safetensors"
     assert main(["prune", str(base), "--ratio", "0.5", "--no-bench", "--quiet", "-o", str(out)]) == 0
@@ -159,7 +160,7 @@ def test_iterative_steps_and_lamp_global(base, tmp_path):
     out = tmp_path / "it.safetensors"
     assert main(["prune", str(base), "--ratio", "0.5", "--steps", "2", "--method", "lamp", "--global",
                  "--no-bench", "--quiet", "-o", str(out)]) == 0
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads(sidecar(out).read_text())
     assert report["params"]["steps"] == 2 and report["params"]["global"] is True
     assert report["after"]["params"] < 0.7 * report["before"]["params"]
 
@@ -173,7 +174,7 @@ def test_taylor_and_target_latency(base, tmp_path):
     out = tmp_path / "lat.safetensors"
     assert main(["prune", str(base), "--target-latency-ms", "0.0001", "--bench-runs", "5", "--quiet",
                  "-o", str(out)]) == 0
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads(sidecar(out).read_text())
     assert report["search"]["measure"] == "latency_ms" and report["search"]["reached"] is False
     assert report["params"]["ratio"] == 0.9
 

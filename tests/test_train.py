@@ -1,4 +1,4 @@
-"""compress.train / schedules / losses / augment: shapes of schedules, loss identities, and tiny
+"""compress.training: the loop, schedules, losses, augment, criteria: shapes of schedules, loss identities, and tiny
 training runs that must actually learn."""
 import math
 
@@ -6,11 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress import augment as A
+from compress.training import augment as A
 from compress.errors import UserError
-from compress.losses import BinaryFocalLoss, FocalLoss, SoftCrossEntropy, build_loss
-from compress.schedules import Schedule
-from compress.train import TrainConfig, fit
+from compress.training.losses import BinaryFocalLoss, FocalLoss, SoftCrossEntropy, build_loss
+from compress.training.schedules import Schedule
+from compress.training.config import TrainConfig
+from compress.training.callbacks import TrainLogger
+from compress.training.criteria import DistillationCriterion, build_criterion
+from compress.training.loop import fit
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -127,8 +130,9 @@ def test_tiny_training_learns_and_restores_best(tiny_digits, tmp_path):
     steps = []
     cfg = TrainConfig(epochs=4, batch_size=32, lr=0.01, optimizer="adam", weight_decay=0.0, warmup_epochs=0.5,
                       label_smoothing=0.0)
-    res = fit(model, tiny_digits, cfg, after_step=lambda m: steps.append(m is model), progress=False,
-              log_file=tmp_path / "train.log", log_dir=tmp_path / "tb")
+    logger = TrainLogger(progress=False, log_file=tmp_path / "train.log", tensorboard=tmp_path / "tb")
+    res = fit(model, tiny_digits, cfg, after_step=lambda m: steps.append(m is model), callback=logger)
+    logger.close()
     assert res.epochs_run == 4 and len(res.history) == 4 and all(steps) and len(steps) == 4 * 10
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"] * 0.8
     assert res.best_metrics["top1"] > 0.3  # chance is 0.1
@@ -148,8 +152,7 @@ def test_fit_lowers_loss_on_a_small_subset():
     b = load_data("digits", image_size=16, train_limit=48)
     torch.manual_seed(0)
     res = fit(_tiny_model(), b, TrainConfig(epochs=3, batch_size=16, lr=0.01, optimizer="adam", weight_decay=0,
-                                            label_smoothing=0, crop_padding=0, warmup_epochs=0, bn_recalibrate=48),
-              progress=False)
+                                            label_smoothing=0, crop_padding=0, warmup_epochs=0, bn_recalibrate=48))
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     assert res.history[-1]["train_top1"] > 0.1
 
@@ -160,7 +163,7 @@ def test_same_seed_same_weights_and_early_stopping(tiny_digits):
         m = _tiny_model()
         cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=seed, max_steps_per_epoch=2, mixup=0.2,
                           cutout=4, bn_recalibrate=64, **kw)
-        return m, fit(m, tiny_digits, cfg, progress=False)
+        return m, fit(m, tiny_digits, cfg)
 
     (a, _), (b, _) = run(0), run(0)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -170,7 +173,7 @@ def test_same_seed_same_weights_and_early_stopping(tiny_digits):
     m = _tiny_model()
     res = fit(m, tiny_digits, TrainConfig(epochs=5, lr=1e-12, schedule="constant", warmup_epochs=0, patience=1,
                                           max_steps_per_epoch=1, crop_padding=0, label_smoothing=0,
-                                          bn_recalibrate=64), progress=False)
+                                          bn_recalibrate=64))
     assert res.epochs_run == 2 and res.stopped_early and res.best_epoch in (1, 2)
 
 
@@ -180,21 +183,21 @@ def test_multilabel_fit_reports_map():
     b = load_data("digits-multilabel", image_size=16, train_limit=128)
     torch.manual_seed(0)
     res = fit(_tiny_model(), b, TrainConfig(epochs=1, batch_size=32, lr=0.01, optimizer="adamw",
-                                            max_steps_per_epoch=3), progress=False)
+                                            max_steps_per_epoch=3))
     assert res.monitor == "map" and 0 < res.best_metrics["map"] <= 1 and "f1_micro" in res.best_metrics
 
 
 def test_fit_rejects_bad_config_and_mismatched_classes(tiny_digits):
     with pytest.raises(UserError, match="outputs but data set"):
-        fit(_tiny_model(num_classes=7), tiny_digits, TrainConfig(epochs=1), progress=False)
+        fit(_tiny_model(num_classes=7), tiny_digits, TrainConfig(epochs=1))
     for bad in (dict(epochs=0), dict(optimizer="lion"), dict(lr=-1), dict(amp="fp8")):
         with pytest.raises(UserError):
-            fit(_tiny_model(), tiny_digits, TrainConfig(**bad), progress=False)
+            fit(_tiny_model(), tiny_digits, TrainConfig(**bad))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adamax", "nadam"])
 def test_every_optimizer_takes_a_step(optimizer, tiny_digits):
-    from compress.train import build_optimizer
+    from compress.training.optim import build_optimizer
 
     m = _tiny_model()
     opt = build_optimizer(m, TrainConfig(optimizer=optimizer, lr=0.01))
@@ -233,16 +236,18 @@ def test_fit_with_teacher_makes_the_student_agree_with_it(tiny_digits, mix):
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     x = torch.stack([tiny_digits.val[i][0] for i in range(len(tiny_digits.val))])
     cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, optimizer="adam", weight_decay=0, schedule="constant",
-                      warmup_epochs=0, crop_padding=0, label_smoothing=0, kd_alpha=1.0, kd_temperature=4.0, **mix)
+                      warmup_epochs=0, crop_padding=0, label_smoothing=0, **mix)
     distilled, plain = _linear_net(seed=7), _linear_net(seed=7)
     agree0, kl0 = _agreement_and_kl(distilled, teacher, x)
-    res = fit(distilled, tiny_digits, cfg, progress=False, teacher=teacher)
-    fit(plain, tiny_digits, cfg, progress=False)
+    kd = build_criterion(cfg, "multiclass", teacher=teacher, temperature=4.0, alpha=1.0)
+    res = fit(distilled, tiny_digits, cfg, criterion=kd)
+    fit(plain, tiny_digits, cfg)
     agree_kd, kl_kd = _agreement_and_kl(distilled, teacher, x)
     agree_plain, kl_plain = _agreement_and_kl(plain, teacher, x)
     assert kl_kd < 0.5 * kl0 and kl_kd < 0.5 * kl_plain
     assert agree_kd > agree0 + 0.2 and agree_kd > agree_plain + 0.2
-    assert res.extra["distill"] == {"temperature": 4.0, "alpha": 1.0}
+    assert res.criterion["name"] == "distillation"
+    assert (res.criterion["temperature"], res.criterion["alpha"]) == (4.0, 1.0)
     assert all(math.isfinite(r["train_loss"]) for r in res.history)
     # the teacher is used, never trained, and keeps its mode
     assert teacher.training
@@ -251,10 +256,11 @@ def test_fit_with_teacher_makes_the_student_agree_with_it(tiny_digits, mix):
 
 def test_fit_with_teacher_alpha_zero_is_plain_training(tiny_digits):
     cfg = TrainConfig(epochs=1, batch_size=32, lr=3e-3, optimizer="adam", weight_decay=0, schedule="constant",
-                      warmup_epochs=0, max_steps_per_epoch=3, kd_alpha=0.0)
+                      warmup_epochs=0, max_steps_per_epoch=3)
     a, b = _linear_net(seed=3), _linear_net(seed=3)
-    fit(a, tiny_digits, cfg, progress=False, teacher=_linear_net(seed=9, scale=20.0))
-    fit(b, tiny_digits, cfg, progress=False)
+    fit(a, tiny_digits, cfg, criterion=build_criterion(cfg, "multiclass", teacher=_linear_net(seed=9, scale=20.0),
+                                                       alpha=0.0))
+    fit(b, tiny_digits, cfg)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
 
@@ -262,14 +268,18 @@ def test_fit_with_teacher_alpha_zero_is_plain_training(tiny_digits):
 def test_fit_rejects_bad_teacher_and_kd_settings(tiny_digits):
     wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 7))
     with pytest.raises(UserError, match="teacher has 7 outputs"):
-        fit(_linear_net(0), tiny_digits, TrainConfig(epochs=1, max_steps_per_epoch=1), progress=False, teacher=wrong)
-    for bad in ({"kd_temperature": 0.0}, {"kd_alpha": 1.5}, {"kd_alpha": -0.1}):
+        cfg = TrainConfig(epochs=1, max_steps_per_epoch=1)
+        fit(_linear_net(0), tiny_digits, cfg, criterion=build_criterion(cfg, "multiclass", teacher=wrong))
+    student = _linear_net(0)
+    with pytest.raises(UserError, match="separate network"):
+        fit(student, tiny_digits, TrainConfig(epochs=1), criterion=DistillationCriterion(student, F.cross_entropy))
+    for bad in ({"temperature": 0.0}, {"alpha": 1.5}, {"alpha": -0.1}):
         with pytest.raises(UserError):
-            TrainConfig(**bad).validate()
+            DistillationCriterion(_linear_net(1), F.cross_entropy, **bad)
 
 
 def test_kd_loss_uses_the_given_hard_loss_and_soft_targets():
-    from compress.distill_loss import kd_loss
+    from compress.training.losses import kd_loss
 
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)

@@ -13,116 +13,15 @@ Specs
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from .._lazy import lazy_exports
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from ..errors import UserError
-from .datasets import ArrayDataset, DataBundle, FileDataset, IndexSubset, seeded_split
-from .preprocess import INTERPOLATIONS, Preprocess, channel_stats
-
-__all__ = ["ArrayDataset", "DataBundle", "FileDataset", "IndexSubset", "INTERPOLATIONS", "KNOWN_SPECS",
-           "Preprocess", "channel_stats", "load_data", "make_loader", "seeded_split", "subset"]
-
-KNOWN_SPECS = ("digits", "digits-multilabel", "imagefolder:PATH", "csv:PATH", "cifar10", "cifar100")
-
-
-def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, *,
-              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-              interpolation: str | None = None, data_root: str | None = None, label_sep: str = ";",
-              train_limit: int | None = None) -> DataBundle:
-    """Load the data set named by ``spec`` (see the module docstring).
-
-    ``seed`` fixes the train/val/test split (and the multi-label canvases), not the training.
-    ``mean``/``std`` override the statistics measured on the training split (evaluation of a model
-    uses the values stored in the model). ``train_limit`` keeps a seeded random subset of that
-    many training samples (quick experiments, tests). Bad specs raise :class:`UserError`."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UserError(f"empty data spec; known: {', '.join(KNOWN_SPECS)}")
-    if not 8 <= int(image_size) <= 1024:
-        raise UserError(f"image size must be between 8 and 1024 pixels, got {image_size}")
-    if interpolation is not None and interpolation not in INTERPOLATIONS:
-        raise UserError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
-    for name, v in (("mean", mean), ("std", std)):
-        if v is not None and len(v) not in (1, 3):
-            raise UserError(f"{name} needs 1 or 3 values, got {len(v)}")
-    if std is not None and min(std) <= 0:
-        raise UserError("std values must be > 0")
-    spec = spec.strip()
-    kind, _, arg = spec.partition(":")
-    kind = kind.lower()
-    stats = {"mean": _triple(mean), "std": _triple(std)}
-    if kind in ("digits", "digits-multilabel") and not arg:
-        from .digits import load_digits_bundle, load_digits_multilabel_bundle
-
-        if interpolation not in (None, "bilinear"):
-            raise UserError(f"{kind} is defined with bilinear resizing; --interpolation {interpolation} is not supported")
-        loader = load_digits_bundle if kind == "digits" else load_digits_multilabel_bundle
-        bundle = loader(image_size=image_size, seed=seed, **stats)
-    elif kind == "imagefolder":
-        from .files import load_imagefolder
-
-        bundle = load_imagefolder(arg, image_size, seed, interpolation=interpolation or "bilinear", **stats)
-    elif kind == "csv":
-        from .files import load_csv
-
-        bundle = load_csv(arg, image_size, seed, interpolation=interpolation or "bilinear", label_sep=label_sep,
-                          **stats)
-    elif kind in ("cifar10", "cifar100") and not arg:
-        from .cifar import load_cifar
-
-        bundle = load_cifar(kind, image_size, seed, root=data_root, interpolation=interpolation or "bilinear",
-                            **stats)
-    else:
-        raise UserError(f"unknown data set {spec!r}; known: {', '.join(KNOWN_SPECS)}")
-    if train_limit is not None:
-        if train_limit < 1:
-            raise UserError(f"train limit must be >= 1, got {train_limit}")
-        bundle.train = subset(bundle.train, train_limit, seed)
-        bundle.info["train_limit"] = train_limit
-    return bundle
-
-
-def _triple(v: Sequence[float] | None):
-    if v is None:
-        return None
-    vals = [float(x) for x in v]
-    return tuple(vals * 3 if len(vals) == 1 else vals)
-
-
-def subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
-    """A seeded random subset of ``n`` items (the whole set when it is not larger)."""
-    if n >= len(dataset):
-        return dataset
-    idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
-    if isinstance(dataset, ArrayDataset):
-        t = torch.from_numpy(idx)
-        return ArrayDataset(dataset.images[t], dataset.targets[t])
-    return IndexSubset(dataset, idx)
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, *, seed: int = 0,
-                num_workers: int = 0, drop_last: bool = False, distributed: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset``. Shuffling is seeded (same order for the same seed and epoch).
-
-    With ``distributed=True`` (an initialised ``torch.distributed`` process group) each process
-    gets its shard via a ``DistributedSampler``; call ``loader.sampler.set_epoch(e)`` each epoch
-    (``compress.train.fit`` does). Evaluation loaders stay whole (the default)."""
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
-    if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        raise RuntimeError("make_loader(distributed=True) needs an initialised torch.distributed process group")
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "drop_last": drop_last}
-    if distributed:
-        from torch.utils.data.distributed import DistributedSampler
-
-        kwargs["sampler"] = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    elif shuffle:
-        g = torch.Generator()
-        g.manual_seed(seed)
-        kwargs.update(shuffle=True, generator=g)
-    if num_workers > 0:
-        kwargs["persistent_workers"] = True
-    return DataLoader(dataset, **kwargs)
+# Exported names → the submodule defining them. Loaded on first use, so that the torch-free parts
+# (``compress.data.preprocess``, used by the model metadata and the ONNX side) do not import torch.
+_EXPORTS = {
+    "ArrayDataset": "datasets", "DataBundle": "datasets", "FileDataset": "datasets", "IndexSubset": "datasets",
+    "seeded_split": "datasets", "INTERPOLATIONS": "preprocess", "Preprocess": "preprocess",
+    "channel_stats": "preprocess", "KNOWN_SPECS": "loading", "load_data": "loading", "make_loader": "loading",
+    "subset": "loading", "load_data_for_model": "for_model",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

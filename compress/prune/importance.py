@@ -18,6 +18,9 @@ from typing import Callable
 
 import torch_pruning as tp
 
+from ..errors import UserError
+from .config import METHODS
+
 _CRITERIA: dict[str, Callable[[], tp.importance.Importance]] = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1),
     "l2": lambda: tp.importance.MagnitudeImportance(p=2),
@@ -26,14 +29,14 @@ _CRITERIA: dict[str, Callable[[], tp.importance.Importance]] = {
     "lamp": lambda: tp.importance.LAMPImportance(p=2),
 }
 
-METHODS = tuple(_CRITERIA)
+assert tuple(_CRITERIA) == METHODS, "compress.prune.config.METHODS names every criterion here"
 
 
 def importance_by_name(name: str) -> tp.importance.Importance:
-    """A fresh criterion object for ``name`` (one of :data:`METHODS`); ``ValueError`` otherwise."""
+    """A fresh criterion object for ``name`` (one of :data:`METHODS`); :class:`UserError` otherwise."""
     key = str(name).lower()
     if key not in _CRITERIA:
-        raise ValueError(f"unknown pruning method {name!r}; choose one of {', '.join(METHODS)}")
+        raise UserError(f"unknown pruning method {name!r}; choose one of {', '.join(METHODS)}")
     return _CRITERIA[key]()
 
 

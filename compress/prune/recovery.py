@@ -1,6 +1,7 @@
-"""Fine-tuning after pruning: plain or distilled from the unpruned model, both through
-:func:`compress.train.fit` (its schedule, BatchNorm recalibration before validation, best-epoch
-selection, logging and DDP support), with ``after_step`` re-applying masks after every step.
+"""Fine-tuning after pruning, through the one training loop (:func:`compress.training.loop.fit`:
+its schedule, BatchNorm recalibration before validation, best-epoch selection, logging and DDP
+support); the loss is a criterion (plain, or distillation from the unpruned model) and
+``after_step`` re-applies masks after every step.
 """
 from __future__ import annotations
 
@@ -10,19 +11,18 @@ from typing import Callable
 import torch.nn as nn
 
 
-def finetune(model: nn.Module, bundle, cfg, *, after_step: Callable[[nn.Module], None] | None = None,
-             teacher: nn.Module | None = None, temperature: float | None = None, alpha: float | None = None,
-             progress: bool = True) -> dict:
-    """Fine-tune ``model`` in place for ``cfg.epochs``; returns the best validation metrics.
+def finetune(model: nn.Module, bundle, cfg, *, criterion=None, after_step: Callable[[nn.Module], None] | None = None,
+             progress: bool = True, label: str = "finetune epoch") -> dict:
+    """Fine-tune ``model`` in place for ``cfg.epochs`` (a :class:`~compress.training.config.TrainConfig`)
+    with ``criterion`` (default: the configured training loss); returns the best validation metrics."""
+    from ..training.callbacks import TrainLogger
+    from ..training.loop import fit
 
-    With ``teacher`` the loss is :func:`compress.distill_loss.kd_loss` at ``temperature`` and
-    ``alpha`` (``None``: ``cfg.kd_temperature`` / ``cfg.kd_alpha``)."""
-    from ..train import fit
-
-    if teacher is not None:
-        changes = {k: v for k, v in (("kd_temperature", temperature), ("kd_alpha", alpha)) if v is not None}
-        cfg = dataclasses.replace(cfg, **changes) if changes else cfg
-    return dict(fit(model, bundle, cfg, after_step=after_step, progress=progress, teacher=teacher).best_metrics)
+    logger = TrainLogger(progress=progress, label=label)
+    try:
+        return dict(fit(model, bundle, cfg, criterion=criterion, after_step=after_step, callback=logger).best_metrics)
+    finally:
+        logger.close()
 
 
 def steps_per_epoch(n_train: int, cfg) -> int:
@@ -34,7 +34,7 @@ def steps_per_epoch(n_train: int, cfg) -> int:
 
 
 def gradual_sparse_finetune(model: nn.Module, bundle, cfg, sparsity: float, *, global_scope: bool = False,
-                            ignored_layers=(), teacher: nn.Module | None = None, progress: bool = True,
+                            ignored_layers=(), criterion=None, progress: bool = True,
                             prune_fraction: float = 0.5) -> dict:
     """AGP fine-tuning: the first ``prune_fraction`` of ``cfg.epochs`` raise the sparsity from 0 to
     ``sparsity`` (one-epoch ``fit`` calls at constant learning rate, so no earlier, denser epoch
@@ -49,15 +49,12 @@ def gradual_sparse_finetune(model: nn.Module, bundle, cfg, sparsity: float, *, g
                                     ignored_layers=ignored_layers)
     metrics: dict = {}
     for epoch in range(pruning_epochs):  # a new shuffle each epoch via the seed
-        phase1 = _replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0, seed=cfg.seed + epoch)
-        metrics = finetune(model, bundle, phase1, after_step=pruner, teacher=teacher, progress=progress)
+        phase1 = dataclasses.replace(cfg, epochs=1, schedule="constant", warmup_epochs=0.0, seed=cfg.seed + epoch)
+        metrics = finetune(model, bundle, phase1, criterion=criterion, after_step=pruner, progress=progress,
+                           label="sparsify epoch")
     masks = pruner.finish()
     if recovery_epochs > 0:
-        phase2 = _replace(cfg, epochs=recovery_epochs, warmup_epochs=0.0)
-        metrics = finetune(model, bundle, phase2, after_step=masks, teacher=teacher, progress=progress)
+        phase2 = dataclasses.replace(cfg, epochs=recovery_epochs, warmup_epochs=0.0)
+        metrics = finetune(model, bundle, phase2, criterion=criterion, after_step=masks, progress=progress)
     masks.apply()
     return metrics
-
-
-def _replace(cfg, **changes):
-    return dataclasses.replace(cfg, **changes)

@@ -9,14 +9,17 @@ serves all trials, so an analysis costs about one evaluation per (group, ratio).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..errors import UserError
+from ..torch_utils import model_mode
 from .structured import build_graph, iter_groups, round_channels
 
 
@@ -33,27 +36,38 @@ class SensitivityRow:
         return asdict(self)
 
 
-def _zero_slices(graph: tp.DependencyGraph, group, saved: list) -> None:
-    """Zero the channels of ``group`` in every layer of it, remembering the originals in ``saved``."""
-    for dep, idxs in group:
-        module = dep.target.module
-        if not isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) or not len(idxs):
-            continue
-        idx = torch.as_tensor(sorted(idxs), dtype=torch.long)
-        out_fn = graph.is_out_channel_pruning_fn(dep.handler)
-        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
-        params: list[tuple[torch.Tensor, int]] = []
-        if isinstance(module, nn.BatchNorm2d) or out_fn or depthwise:
-            params.append((module.weight, 0))
-            if module.bias is not None:
-                params.append((module.bias, 0))
-        else:  # a consumer: its input slice
-            params.append((module.weight, 1))
-        for p, dim in params:
-            if p is None:
+@contextlib.contextmanager
+def zeroed_group(graph: tp.DependencyGraph, group) -> Iterator[None]:
+    """Inside the block, the channels of ``group`` are zeroed in every layer of it (output slices
+    of producers and BatchNorms, input slices of consumers), which gives the pruned network's
+    outputs exactly; on leaving, every touched tensor is restored bit for bit.
+
+    A tensor can appear in a group more than once (a depthwise conv is both producer and
+    consumer): each is saved once, before its first change, so the restore is exact whatever
+    the order of the group's entries."""
+    saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    try:
+        for dep, idxs in group:
+            module = dep.target.module
+            if not isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) or not len(idxs):
                 continue
-            saved.append((p, p.detach().clone()))
-            p.data.index_fill_(dim, idx, 0.0)
+            idx = torch.as_tensor(sorted(idxs), dtype=torch.long)
+            out_fn = graph.is_out_channel_pruning_fn(dep.handler)
+            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+            if isinstance(module, nn.BatchNorm2d) or out_fn or depthwise:
+                params = [(module.weight, 0), (module.bias, 0)]
+            else:  # a consumer: its input slice
+                params = [(module.weight, 1)]
+            for p, dim in params:
+                if p is None:
+                    continue
+                saved.setdefault(id(p), (p, p.detach().clone()))
+                p.data.index_fill_(dim, idx, 0.0)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, orig in saved.values():
+                p.copy_(orig)
 
 
 def analyze_sensitivity(model: nn.Module, example_input: torch.Tensor, evaluate: Callable[[nn.Module], float],
@@ -66,14 +80,12 @@ def analyze_sensitivity(model: nn.Module, example_input: torch.Tensor, evaluate:
     is left exactly as it was."""
     for r in ratios:
         if not 0 < r < 1:
-            raise ValueError(f"sensitivity ratios must satisfy 0 < r < 1, got {r}")
-    was_training = model.training
-    model.eval()
-    graph = build_graph(model, example_input)
-    names = {m: n for n, m in model.named_modules()}
-    baseline = float(evaluate(model))
+            raise UserError(f"sensitivity ratios must satisfy 0 < r < 1, got {r}")
     rows: list[SensitivityRow] = []
-    try:
+    with model_mode(model, training=False):
+        graph = build_graph(model, example_input)
+        names = {m: n for n, m in model.named_modules()}
+        baseline = float(evaluate(model))
         for group in list(iter_groups(graph, model, ignored_layers)):
             root, handler = group[0].dep.target.module, group[0].dep.handler
             n = int(graph.get_out_channels(root))
@@ -89,19 +101,11 @@ def analyze_sensitivity(model: nn.Module, example_input: torch.Tensor, evaluate:
                     metric = baseline
                 else:
                     sub = graph.get_pruning_group(root, handler, order[:n_drop].tolist())
-                    saved: list = []
-                    try:
-                        _zero_slices(graph, sub, saved)
+                    with zeroed_group(graph, sub):
                         metric = float(evaluate(model))
-                    finally:
-                        with torch.no_grad():
-                            for p, orig in saved:
-                                p.copy_(orig)
                 rows.append(SensitivityRow(names[root], n, float(r), kept, metric, (baseline - metric) * scale))
                 if progress is not None:
                     progress(f"{names[root]} ratio {r:g}: kept {kept}/{n}, metric {metric:.4f}")
-    finally:
-        model.train(was_training)
     return baseline, rows
 
 
@@ -120,31 +124,3 @@ def choose_ratios(rows: Iterable[SensitivityRow], max_drop: float) -> dict[str, 
             best = row.ratio
         chosen[layer] = best
     return chosen
-
-
-def plot_sensitivity(baseline: float, rows: Sequence[SensitivityRow], path, *, metric_name: str = "top1",
-                     scale: float = 100.0) -> None:
-    """A PNG: metric vs ratio, one line per layer group (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_layer: dict[str, list[SensitivityRow]] = {}
-    for row in rows:
-        by_layer.setdefault(row.layer, []).append(row)
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
-    cmap = plt.get_cmap("viridis", max(len(by_layer), 2))
-    for i, (layer, layer_rows) in enumerate(by_layer.items()):
-        layer_rows = sorted(layer_rows, key=lambda r: r.ratio)
-        ax.plot([0.0] + [r.ratio for r in layer_rows], [baseline * scale] + [r.metric * scale for r in layer_rows],
-                marker="o", markersize=3, linewidth=1, color=cmap(i), label=layer)
-    ax.axhline(baseline * scale, color="black", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("channel pruning ratio of the group (others unpruned)")
-    ax.set_ylabel(f"{metric_name} ({'%' if scale == 100 else 'value'})")
-    ax.set_title("Pruning sensitivity per layer group")
-    if len(by_layer) <= 30:
-        ax.legend(fontsize=6, ncol=2, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    plt.close(fig)

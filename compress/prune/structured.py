@@ -17,13 +17,15 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..errors import UserError
+from ..torch_utils import model_mode, sync_head
 from .importance import needs_gradients
 
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
 
 def resolve_layers(model: nn.Module, layers: Iterable[str | nn.Module]) -> list[nn.Module]:
-    """Modules for a mix of module names and modules; an unknown name raises ``ValueError``
+    """Modules for a mix of module names and modules; an unknown name raises :class:`UserError`
     naming the closest existing layers."""
     named = dict(model.named_modules())
     out: list[nn.Module] = []
@@ -34,7 +36,7 @@ def resolve_layers(model: nn.Module, layers: Iterable[str | nn.Module]) -> list[
         if layer not in named or layer == "":
             close = difflib.get_close_matches(str(layer), [n for n in named if n], n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"model has no layer named {layer!r}{hint}")
+            raise UserError(f"model has no layer named {layer!r}{hint}")
         out.append(named[layer])
     return out
 
@@ -65,19 +67,12 @@ class _ChannelPruner(tp.pruner.BasePruner):
         return current_channels - round_channels(current_channels - n_pruned, current_channels, round_to)
 
 
-def sync_head(model: nn.Module) -> None:
-    """Keep ``model.num_features`` equal to the classifier's input width after pruning."""
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier) and hasattr(model, "num_features"):
-        model.num_features = int(get_classifier().in_features)
-
-
 def _check_ratio(value: float, what: str, allow_zero: bool) -> float:
     value = float(value)
     low_ok = value >= 0 if allow_zero else value > 0
     if not (low_ok and value < 1):
         bound = "0 <=" if allow_zero else "0 <"
-        raise ValueError(f"{what} must satisfy {bound} ratio < 1, got {value}")
+        raise UserError(f"{what} must satisfy {bound} ratio < 1, got {value}")
     return value
 
 
@@ -106,33 +101,31 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, ratio: floa
     for name, r in per_layer.items():
         _check_ratio(r, f"pruning ratio of layer {name!r}", allow_zero=True)
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserError(f"steps must be >= 1, got {steps}")
     if round_to is not None and round_to < 0:
-        raise ValueError(f"round_to must be >= 0, got {round_to}")
+        raise UserError(f"round_to must be >= 0, got {round_to}")
     if needs_gradients(importance) and compute_gradients is None:
-        raise ValueError(f"{type(importance).__name__} needs gradients: pass compute_gradients")
+        raise UserError(f"{type(importance).__name__} needs gradients: pass compute_gradients")
     ignored = protected_layers(model, ignored_layers)
     modules = resolve_layers(model, per_layer)
     ratio_dict = {m: per_layer[name] for m, name in zip(modules, per_layer)}
 
-    was_training = model.training
-    model.eval()  # tracing must not update BatchNorm statistics
-    pruner = _ChannelPruner(model, example_input, importance=importance, global_pruning=global_pruning,
-                            pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None, iterative_steps=steps,
-                            ignored_layers=ignored, round_to=round_to or None, max_pruning_ratio=max_layer_ratio)
-    try:
-        for step in range(1, steps + 1):
-            if needs_gradients(importance):
-                model.zero_grad(set_to_none=True)
-                compute_gradients(model)
-            model.eval()
-            pruner.step()
-            sync_head(model)
-            if between_steps is not None and step < steps:
-                between_steps(model, step)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+    with model_mode(model, training=False):  # tracing must not update BatchNorm statistics
+        pruner = _ChannelPruner(model, example_input, importance=importance, global_pruning=global_pruning,
+                                pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None, iterative_steps=steps,
+                                ignored_layers=ignored, round_to=round_to or None, max_pruning_ratio=max_layer_ratio)
+        try:
+            for step in range(1, steps + 1):
+                if needs_gradients(importance):
+                    model.zero_grad(set_to_none=True)
+                    compute_gradients(model)
+                model.eval()  # fine-tuning between steps leaves it training
+                pruner.step()
+                sync_head(model)
+                if between_steps is not None and step < steps:
+                    between_steps(model, step)
+        finally:
+            model.zero_grad(set_to_none=True)
     return model
 
 
@@ -146,12 +139,8 @@ class ChannelGroup:
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model, training=False):
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    finally:
-        model.train(was_training)
 
 
 def iter_groups(graph: tp.DependencyGraph, model: nn.Module, ignored_layers: Iterable[str | nn.Module] = ()):

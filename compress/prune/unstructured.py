@@ -13,6 +13,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
 from .structured import protected_layers
 
 
@@ -38,7 +39,7 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, *,
     all tensors together (``global_scope``). Exactly ``round(sparsity * n)`` weights are removed
     per scope (ties broken by position)."""
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must satisfy 0 <= s < 1, got {sparsity}")
+        raise UserError(f"sparsity must satisfy 0 <= s < 1, got {sparsity}")
 
     def keep_top(scores: torch.Tensor) -> torch.Tensor:
         n_drop = int(round(sparsity * scores.numel()))
@@ -95,7 +96,7 @@ class GradualMagnitudePruner:
                  frequency: int | None = None, global_scope: bool = False,
                  ignored_layers: Iterable[str | nn.Module] = ()):
         if not 0.0 <= initial <= final < 1.0:
-            raise ValueError(f"need 0 <= initial <= final < 1, got initial={initial}, final={final}")
+            raise UserError(f"need 0 <= initial <= final < 1, got initial={initial}, final={final}")
         self.final, self.initial = float(final), float(initial)
         self.total_steps = max(1, int(total_steps))
         self.frequency = max(1, int(frequency or self.total_steps // 10 or 1))

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:  # torch is imported where a scheduler is built, so the CLI starts fast
     import torch

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:

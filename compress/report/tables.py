@@ -42,3 +42,14 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None =
     out = [line(cols), "  ".join("-" * w for w in widths)]
     out += [line(row) for row in cells]
     return "\n".join(out)
+
+
+def ratio(v: float | None) -> str | None:
+    """1.234 → '1.23x' (None stays None)."""
+    return None if v is None else f"{v:.2f}x"
+
+
+def pct(v: float | None, digits: int = 1) -> str | None:
+    """0.9926 → '99.3%' (None stays None)."""
+    return None if v is None else f"{100 * v:.{digits}f}%"
+

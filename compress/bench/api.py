@@ -1,0 +1,231 @@
+"""The bench stage: :class:`BenchConfig` → :func:`run_benchmark` → :class:`BenchReport`.
+
+For every cell (batch size x thread count) each variant is warmed up, then all variants are timed
+interleaved (:func:`compress.runtime.measure_interleaved`) until the time budget is spent and
+every variant has at least ``min_runs`` timings. Ratios are to the first variant (the baseline).
+Latency is the wall-clock time of one forward pass of a batch (ms); throughput is images per
+second at the median latency; achieved GMAC/s = MACs per image x batch / median latency.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import StageConfig, option, parse_list
+from ..errors import UserError
+from ..runtime import LatencyStats, measure_interleaved, random_images
+from .variants import Variant, load_variant
+
+_positive = (lambda v: all(x >= 1 for x in v), "values must be >= 1")
+
+
+@dataclass(kw_only=True)
+class BenchConfig(StageConfig):
+    """Options of ``compress bench`` (the model files and the output prefix are arguments)."""
+
+    batch: list[int] = option(default_factory=lambda: [1], parse=parse_list(int), check=_positive,
+                              help="batch sizes, comma-separated", metavar="N[,N...]")
+    threads: list[int] | None = option(None, parse=parse_list(int), check=_positive, metavar="N[,N...]",
+                                       help="intra-op thread counts, comma-separated (default: the cores this "
+                                            "process may use)")
+    input_size: int | None = option(None, check=(lambda v: 8 <= v <= 4096, "must be between 8 and 4096"),
+                                    help="square side to time at, e.g. 224 (default: each model's training size)")
+    data: str | None = option(None, help="data set for accuracy and agreement with the baseline, e.g. digits")
+    data_limit: int | None = option(None, check=(lambda v: v >= 1, "must be >= 1"),
+                                    help="use at most this many test images")
+    data_seed: int = option(0, help="seed of the train/val/test split, as in compress train")
+    compile: bool = option(False, help="also time each .safetensors model with torch.compile")
+    warmup: int = option(3, check=(lambda v: v >= 0, "must be >= 0"), help="untimed runs per variant per cell")
+    min_runs: int = option(10, check=(lambda v: v >= 1, "must be >= 1"),
+                           help="timed runs per variant per cell, at least")
+    budget: float = option(2.0, check=(lambda v: v >= 0, "must be >= 0 seconds"),
+                           help="timing seconds per variant per cell")
+    ort_spinning: bool = option(False, help="let ONNX Runtime threads busy-wait between runs (faster alone, "
+                                            "unfair to the variant timed next)")
+    plot: bool = option(True, help="write the PNG plot next to the JSON and CSV")
+
+    def resolved_threads(self) -> list[int]:
+        from ..sysinfo import usable_cores
+
+        return list(dict.fromkeys(self.threads or [usable_cores()]))
+
+    def command_line(self, models: Sequence[str | os.PathLike]) -> str:
+        """The resolved command, so a result can be reproduced."""
+        parts = ["compress", "bench", *map(str, models), "--batch", ",".join(map(str, self.batch)),
+                 "--threads", ",".join(map(str, self.resolved_threads())), "--warmup", str(self.warmup),
+                 "--min-runs", str(self.min_runs), "--budget", str(self.budget)]
+        for name in ("input_size", "data", "data_limit"):
+            if getattr(self, name):
+                parts += ["--" + name.replace("_", "-"), str(getattr(self, name))]
+        if self.data and self.data_seed:
+            parts += ["--data-seed", str(self.data_seed)]
+        parts += ["--" + n.replace("_", "-") for n in ("compile", "ort_spinning") if getattr(self, n)]
+        return " ".join(parts)
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    variants: list[dict[str, Any]]  # static facts, one per variant, baseline first
+    results: list[dict[str, Any]]  # one per (variant, batch, threads)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "config": self.config, "variants": self.variants,
+                "results": self.results, "warnings": self.warnings}
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """File names, or paths where names clash, numbered where even those clash."""
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        names = [str(p) for p in paths]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
+    return out
+
+
+def _load_variants(paths: list[Path], compile: bool) -> list[Variant]:
+    variants: list[Variant] = []
+    for p, n in zip(paths, unique_names(paths)):
+        v = load_variant(p, n)
+        variants.append(v)
+        if compile and v.model is not None:
+            variants.append(Variant(name=f"{n} [compile]", path=p, engine="pytorch.compile",
+                                    file_bytes=v.file_bytes, stored_bytes=v.stored_bytes, params=v.params,
+                                    meta=v.meta, model=v.model, _macs=v._macs))
+    return variants
+
+
+def _preflight(variants: list[Variant], sizes: dict[str, tuple], cfg: BenchConfig, machine: dict) -> list[str]:
+    """Check every cell can run; return the warnings the report carries."""
+    found = [w for v in variants for w in v.warnings]
+    if len(set(sizes.values())) > 1:
+        found.append("variants are timed at different input sizes (" + ", ".join(
+            f"{n}: {s[1]}x{s[2]}" for n, s in sizes.items()) + "); pass --input-size to compare like for like")
+    for v in variants:
+        for b in cfg.batch:
+            v.timing_size(cfg.input_size, batch=b)
+    cores = os.cpu_count() or 1
+    found += [f"{t} threads on a machine with {cores} logical CPUs: oversubscribed"
+              for t in cfg.resolved_threads() if t > cores]
+    load = machine.get("load_average")
+    if load and load[0] > machine["usable_cores"]:
+        found.append(f"busy machine: load average {load[0]:.1f} on {machine['usable_cores']} usable cores; "
+                     "absolute times are unreliable, compare the ratios")
+    return found
+
+
+def _timing_rows(variants: list[Variant], sizes: dict[str, tuple], cells: list[list[LatencyStats]]):
+    """One row per (cell, variant): percentiles, throughput, ratios to the baseline, GMAC/s."""
+    rows = []
+    for cell in cells:
+        base = cell[0]
+        for v, st in zip(variants, cell):
+            size = sizes[v.name]
+            macs = v.macs(size)
+            rows.append({"model": v.name, "engine": v.engine, "batch": st.batch, "threads": st.threads,
+                         "input": f"{size[1]}x{size[2]}", **st.to_dict(),
+                         "speedup": base.p50_ms / st.p50_ms if st.p50_ms > 0 else None,
+                         "latency_ratio": st.p50_ms / base.p50_ms if base.p50_ms > 0 else None,
+                         "gmacs_per_s": (macs * st.batch / (st.p50_ms / 1000.0) / 1e9) if macs else None})
+    return rows
+
+
+def _static_rows(variants: list[Variant], sizes: dict[str, tuple], metrics: dict[str, dict]) -> list[dict]:
+    base = variants[0]
+    base_macs = base.macs(sizes[base.name])
+    rows = []
+    for v in variants:
+        size = sizes[v.name]
+        macs = v.macs(size)
+        m = metrics.get(v.name, {})
+        rows.append({
+            "model": v.name, "path": str(v.path), "engine": v.engine, "arch": v.meta.arch if v.meta else None,
+            "has_metadata": v.meta is not None, "file_bytes": v.file_bytes, "stored_bytes": v.stored_bytes,
+            "size_ratio": v.file_bytes / base.file_bytes, "params": v.params,
+            "params_ratio": (v.params / base.params) if v.params and base.params else None,
+            "input": f"{size[1]}x{size[2]}", "macs": macs,
+            "macs_ratio": (macs / base_macs) if macs and base_macs else None,
+            "accuracy": m.get("accuracy"), "accuracy_metric": m.get("metric"), "agreement": m.get("agreement"),
+            "eval_samples": m.get("samples"), "eval_note": m.get("note"),
+        })
+    return rows
+
+
+class _Runners:
+    """One runner per (variant, threads), created on first use and reused across cells."""
+
+    def __init__(self, spinning: bool):
+        self.spinning = spinning
+        self.cache: dict[tuple[str, int], Any] = {}
+
+    def get(self, v: Variant, threads: int):
+        key = (v.name, threads if v.is_onnx else 0)  # a torch module's threads are process-wide
+        if key not in self.cache:
+            self.cache[key] = v.runner(threads, spinning=self.spinning)
+        return self.cache[key]
+
+
+def run_benchmark(paths: Sequence[str | os.PathLike], config: BenchConfig | None = None, *,
+                  progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Compare the models in ``paths`` (the first is the baseline) over every batch size x thread
+    count of ``config``. PyTorch is imported only when a variant needs it."""
+    from ..sysinfo import machine_info
+
+    cfg = (config or BenchConfig()).validate()
+    if not paths:
+        raise UserError("give at least one model file")
+    say = progress or (lambda _msg: None)
+    paths = [Path(p) for p in paths]
+    variants = _load_variants(paths, cfg.compile)
+    sizes = {v.name: v.timing_size(cfg.input_size) for v in variants}
+    machine = machine_info()
+    report_warnings = _preflight(variants, sizes, cfg, machine)
+    for w in report_warnings:
+        warnings.warn(w, stacklevel=2)
+    runners = _Runners(cfg.ort_spinning)
+    threads = cfg.resolved_threads()
+    metrics: dict[str, dict[str, Any]] = {}
+    cells: list[list[LatencyStats]] = []
+    with _torch_threads_if_needed(variants, max(threads)) as set_threads:
+        if cfg.data:
+            from .accuracy import data_metrics
+
+            say(f"accuracy on {cfg.data} ...")
+            metrics = data_metrics(variants, cfg.data, cfg.data_limit, cfg.data_seed,
+                                   {v.name: runners.get(v, max(threads)) for v in variants}, cfg.input_size)
+        for t in threads:
+            set_threads(t)
+            for b in cfg.batch:
+                say(f"timing batch {b}, {t} thread(s): {len(variants)} variants interleaved ...")
+                cell = [runners.get(v, t) for v in variants]
+                for v, r in zip(variants, cell):
+                    r.set_input(random_images(b, sizes[v.name]))
+                samples = measure_interleaved(cell, warmup=cfg.warmup, min_runs=cfg.min_runs, budget_s=cfg.budget)
+                cells.append([LatencyStats.from_seconds(s, b, t) for s in samples])
+    machine["load_average_end"] = machine_info().get("load_average")
+    config_dict = {**cfg.to_dict(), "threads": threads, "models": [str(p) for p in paths], "interleaved": True,
+                   "throughput": "images/s at the median latency", "latency": "ms per forward pass of one batch",
+                   "command": cfg.command_line(paths)}
+    return BenchReport(machine=machine, config=config_dict, variants=_static_rows(variants, sizes, metrics),
+                       results=_timing_rows(variants, sizes, cells), warnings=report_warnings)
+
+
+def _torch_threads_if_needed(variants: list[Variant], initial: int):
+    """A context yielding ``set_threads(n)``: PyTorch's process-wide thread count when a variant
+    runs in PyTorch (restored on exit), else a no-op, so ONNX-only benches never import torch."""
+    import contextlib
+
+    if all(v.is_onnx for v in variants):
+        return contextlib.nullcontext(lambda n: None)
+    from ..torch_utils import restore_torch_threads
+
+    return restore_torch_threads(initial)

@@ -1,0 +1,136 @@
+"""Bench inputs: a model file → a :class:`Variant` (engine, size, params, MACs, input shape) and
+the runner that times it. ONNX variants need no torch; ``.safetensors`` variants run in PyTorch
+eager (or ``torch.compile``) through :class:`TorchRunner`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..formats import open_model_file
+from ..runtime import OnnxRunner, resolve_input_size, square_size
+
+
+class TorchRunner:
+    """A PyTorch module (eager or ``torch.compile``) run under ``inference_mode``.
+
+    PyTorch's intra-op thread count is process-wide: the caller sets it per cell
+    (:func:`compress.torch_utils.torch_threads`)."""
+
+    def __init__(self, model, *, compile: bool = False):
+        import torch
+
+        self.torch = torch
+        model.eval()
+        self.model = torch.compile(model) if compile else model
+        self.x = None
+
+    def set_input(self, images: np.ndarray) -> None:
+        self.x = self.torch.from_numpy(np.ascontiguousarray(images))
+
+    def __call__(self) -> Any:
+        with self.torch.inference_mode():
+            return self.model(self.x)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(np.ascontiguousarray(images))).float().numpy()
+
+
+@dataclass
+class Variant:
+    """One input file and the facts about it that do not depend on the timing cell."""
+
+    name: str
+    path: Path
+    engine: str  # "pytorch" | "pytorch.compile" | "onnxruntime" | "onnxruntime-int8"
+    file_bytes: int
+    stored_bytes: int | None
+    params: int | None
+    meta: Any = None
+    model: Any = None
+    onnx_path: Path | None = None
+    graph_input: tuple[Any, ...] | None = None  # ONNX input shape (ints or symbolic names)
+    warnings: list[str] = field(default_factory=list)
+    _macs: dict[tuple[int, int, int], int | None] = field(default_factory=dict)
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.onnx_path is not None
+
+    def timing_size(self, input_size: int | Sequence[int] | None, batch: int | None = None) -> tuple[int, int, int]:
+        """The (C, H, W) to time at: ``input_size`` if given, else the metadata's, else the graph's;
+        :class:`UserError` when the graph fixes another size or ``batch``."""
+        return resolve_input_size(input_size, meta_size=self.meta.input_size if self.meta is not None else None,
+                                  graph_shape=self.graph_input, batch=batch, source=str(self.path))
+
+    def macs(self, size: tuple[int, int, int]) -> int | None:
+        """MACs per image at ``size`` (convolutions and fully connected layers)."""
+        if size not in self._macs:
+            if self.model is not None:
+                from models import count_macs
+
+                self._macs[size] = count_macs(self.model, size)
+            else:
+                from ..onnx_graph import onnx_macs
+
+                self._macs[size] = onnx_macs(self.onnx_path, size)
+        return self._macs[size]
+
+    def runner(self, threads: int, *, spinning: bool = False):
+        """A fresh runner for this variant (ONNX Runtime session at ``threads``, or the module)."""
+        if self.is_onnx:
+            return OnnxRunner(self.onnx_path, threads, spinning=spinning)
+        return TorchRunner(self.model, compile=self.engine == "pytorch.compile")
+
+
+def load_variant(path: str | os.PathLike, name: str | None = None) -> Variant:
+    """Open one bench input. Raises :class:`UserError` for a missing file or one that is no model
+    file; warns (in ``Variant.warnings``) about an ONNX model without our metadata."""
+    path = Path(path)
+    loaded = open_model_file(path)
+    v = Variant(name=name or path.name, path=path, engine="pytorch", file_bytes=path.stat().st_size,
+                stored_bytes=loaded.stored_bytes, params=None, meta=loaded.meta, model=loaded.model,
+                onnx_path=loaded.onnx_path)
+    if loaded.onnx_path is None:
+        from models import count_params
+
+        v.params = count_params(loaded.model)
+        return v
+    from ..onnx_graph import input_shape, is_quantized, stored_params
+    from ..onnx_meta import load_onnx
+
+    proto = load_onnx(loaded.onnx_path)
+    v.engine = "onnxruntime-int8" if is_quantized(proto) else "onnxruntime"
+    v.params = stored_params(proto)
+    v.graph_input = input_shape(proto)
+    if loaded.meta is None:
+        v.warnings.append(f"{path}: ONNX model without compress metadata (no labels or normalisation); "
+                          f"input shape from its graph: {list(v.graph_input)}")
+    try:  # ONNX Runtime must accept it; this fails early for files onnx.load half-parsed
+        OnnxRunner(loaded.onnx_path, 1)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise UserError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+    return v
+
+
+def time_torch(model, *, batch: int = 1, threads: int = 2, input_size: int | Sequence[int] | None = None,
+               warmup: int = 3, runs: int = 30, compile: bool = False):
+    """Latency (:class:`~compress.runtime.LatencyStats`) of a PyTorch module, eager or compiled, on
+    CPU with ``threads`` intra-op threads (restored afterwards). ``input_size`` defaults to the
+    model's ``default_cfg``."""
+    from ..runtime import LatencyStats, check_batch_threads, measure_interleaved, random_images
+    from ..torch_utils import torch_threads
+
+    check_batch_threads(batch, threads)
+    if input_size is None:
+        input_size = tuple(getattr(model, "default_cfg", {}).get("input_size", (3, 224, 224)))
+    runner = TorchRunner(model, compile=compile)
+    runner.set_input(random_images(batch, square_size(input_size)))
+    with torch_threads(threads):
+        (samples,) = measure_interleaved([runner], warmup=warmup, min_runs=runs, budget_s=0.0, max_runs=runs)
+    return LatencyStats.from_seconds(samples, batch, threads)

@@ -1,0 +1,88 @@
+"""Model files by type: a suffix → loader registry, torch-free itself.
+
+``.safetensors`` (the PyTorch-side artifact; its loader imports torch when called) and ``.onnx``
+are built in; the Huffman stage registers its container the same way
+(``register_format(".dcz", load_dcz)``, returning a :class:`LoadedModel` with ``stored_bytes``).
+A file with an unknown suffix is recognised by its content.
+
+    loaded = open_model_file("pruned.onnx")   # LoadedModel(onnx_path=..., meta=ModelMeta | None)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ArtifactError, UserError
+
+
+@dataclass
+class LoadedModel:
+    """What a format loader returns: a PyTorch module and/or an ONNX file, plus the facts."""
+
+    model: Any = None  # nn.Module, for the PyTorch engines
+    onnx_path: Path | None = None
+    meta: Any = None  # ModelMeta | None (an ONNX file from elsewhere has none)
+    stored_bytes: int | None = None  # size of a compressed container (.dcz), if that is the input
+
+
+_FORMATS: dict[str, Callable[[Path], LoadedModel]] = {}
+
+
+def register_format(suffix: str, loader: Callable[[Path], LoadedModel]) -> None:
+    """Teach :func:`open_model_file` a new file type (e.g. a compressed container)."""
+    _FORMATS[suffix.lower()] = loader
+
+
+def known_suffixes() -> list[str]:
+    return sorted(_FORMATS)
+
+
+def _load_safetensors(path: Path) -> LoadedModel:
+    from .artifact import load_model
+
+    model, meta = load_model(path)
+    return LoadedModel(model=model, meta=meta)
+
+
+def _load_onnx(path: Path) -> LoadedModel:
+    from .onnx_meta import load_onnx, props_to_meta
+
+    proto = load_onnx(path)
+    meta = props_to_meta({p.key: p.value for p in proto.metadata_props}, str(path), warn=False)
+    return LoadedModel(onnx_path=path, meta=meta)
+
+
+register_format(".safetensors", _load_safetensors)
+register_format(".onnx", _load_onnx)
+
+
+def _sniff(path: Path) -> Callable[[Path], LoadedModel]:
+    """Loader for a file with an unknown suffix, by content: safetensors starts with an 8-byte
+    little-endian header length followed by ``{``; anything else is tried as ONNX."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return _load_safetensors
+
+    def try_onnx(p: Path) -> LoadedModel:
+        try:
+            return _load_onnx(p)
+        except ArtifactError:
+            raise UserError(f"{p}: neither a model artifact (.safetensors) nor an ONNX model "
+                            f"(known types: {', '.join(known_suffixes())})") from None
+
+    return try_onnx
+
+
+def open_model_file(path: str | os.PathLike) -> LoadedModel:
+    """Load any model file this toolkit knows, by suffix (or content). :class:`UserError` for a
+    missing file, a directory, or a file of no known type."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a model file ({', '.join(known_suffixes())})")
+    loader = _FORMATS.get(path.suffix.lower()) or _sniff(path)
+    return loader(path)

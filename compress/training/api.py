@@ -1,0 +1,213 @@
+"""The train stage: :class:`TrainStageConfig` → :func:`train` → :class:`TrainStageResult`.
+
+Builds a registry model for the data set, trains it with :func:`~compress.training.loop.fit`,
+evaluates the best-validation weights on the test split and writes the model artifact (with a
+"train" history entry), its JSON report (``OUTPUT.json``) and a text log (``OUTPUT.log``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import option
+from ..errors import UserError
+from .config import TrainConfig
+
+SMALL_INPUT_MAX = 64  # pixels: at or below this the reduced-stride stem is used by default
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object, e.g. '{\"width_mult\": 0.5}'")
+    return value
+
+
+_M, _D = "model", "data"
+
+
+@dataclass(kw_only=True)
+class TrainStageConfig(TrainConfig):
+    """The train stage's options: the model, the data, and every knob of the loop (inherited)."""
+
+    model: str = option("mobilenet_v2", group=_M, help="registry name (see `compress models`)")
+    model_kwargs: dict[str, Any] | None = option(None, parse=parse_json_object, metavar="JSON", group=_M,
+                                                 help='extra builder keywords as a JSON object, e.g. '
+                                                      '\'{"width_mult": 0.5}\'')
+    width_mult: float | None = option(None, check=(lambda v: v > 0, "must be > 0"), group=_M,
+                                      help="channel width multiplier")
+    act: str | None = option(None, group=_M, help="activation name (relu, relu6, hardswish, silu, mish, ...)")
+    small_input: bool | None = option(None, group=_M, help=f"reduced-stride stem for small images (default: on "
+                                                           f"when --image-size <= {SMALL_INPUT_MAX})")
+    drop_rate: float | None = option(None, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), group=_M,
+                                     help="dropout before the classifier")
+    drop_path: float | None = option(None, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), group=_M,
+                                     help="stochastic depth rate (max over blocks)")
+    num_classes: int | None = option(None, check=(lambda v: v >= 1, "must be >= 1"), group=_M,
+                                     help="expected number of classes; an error if the data set disagrees")
+    pretrained: bool = option(False, group=_M, help="start from torchvision's ImageNet weights if they are in "
+                                                    "the torch hub cache (no download); the classifier is "
+                                                    "re-initialised for the data's classes")
+    data: str = option("digits", group=_D, help="data spec: digits, digits-multilabel, imagefolder:PATH, "
+                                               "csv:PATH, cifar10, cifar100")
+    image_size: int = option(32, check=(lambda v: 8 <= v <= 1024, "must be between 8 and 1024"), group=_D,
+                             help="square input side in pixels")
+    data_seed: int = option(0, group=_D, help="seed of the train/val/test split")
+    data_root: str | None = option(None, group=_D, help="folder for cifar10/cifar100 (default $COMPRESS_DATA_ROOT)")
+    label_sep: str = option(";", group=_D, help="separator of several labels in a csv cell")
+    train_limit: int | None = option(None, check=(lambda v: v >= 1, "must be >= 1"), group=_D,
+                                     help="use a seeded subset of this many training samples")
+
+    def loop_config(self) -> TrainConfig:
+        """The loop's part of this config."""
+        from dataclasses import fields
+
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
+
+    def arch_kwargs(self) -> dict[str, Any]:
+        """Builder keywords: ``model_kwargs``, overridden by the explicit options; small_input auto."""
+        kwargs = dict(self.model_kwargs or {})
+        for name, key in (("width_mult", "width_mult"), ("act", "act_layer"), ("drop_rate", "drop_rate"),
+                          ("drop_path", "drop_path_rate"), ("small_input", "small_input")):
+            if getattr(self, name) is not None:
+                kwargs[key] = getattr(self, name)
+        kwargs.setdefault("small_input", self.image_size <= SMALL_INPUT_MAX)
+        return kwargs
+
+
+@dataclass
+class TrainStageResult:
+    output: Path
+    report_path: Path
+    log_path: Path
+    report: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report
+
+
+def build_model(name: str, num_classes: int, kwargs: dict[str, Any]):
+    """``create_model`` with its errors as one-line :class:`UserError`."""
+    from models import UnknownModelError, create_model
+
+    try:
+        return create_model(name, num_classes=num_classes, **kwargs)
+    except UnknownModelError as e:
+        raise UserError(str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"cannot build {name} with {kwargs}: {str(e).splitlines()[0]}") from None
+
+
+def load_pretrained(model, arch: str) -> dict[str, Any]:
+    """Copy torchvision's ImageNet weights for ``arch`` from the local torch hub cache into
+    ``model`` (all tensors but the classifier must fit). Never downloads."""
+    import torch
+    from urllib.parse import urlparse
+
+    from models import get_model_entry
+
+    tv_name = get_model_entry(arch).torchvision_name
+    if not tv_name:
+        raise UserError(f"--pretrained: torchvision has no weights for {arch}")
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(tv_name).DEFAULT
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    if not path.is_file():
+        raise UserError(f"--pretrained: torchvision weights {weights} are not on this machine (looked for {path}); "
+                        f"download them once with internet access, or train without --pretrained")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(f"--pretrained: cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    head = {n for n, mod in model.named_modules() if mod is model.get_classifier()}
+    skipped = [k for k in own if k not in fitting and not k.endswith("num_batches_tracked")
+               and not any(k.startswith(h + ".") for h in head)]
+    if skipped:
+        raise UserError(f"--pretrained: {weights} does not fit this {arch} configuration ({len(skipped)} tensors "
+                        f"differ, e.g. {skipped[0]}); use the default width and activation")
+    model.load_state_dict(fitting, strict=False)
+    return {"weights": str(weights), "path": str(path)}
+
+
+def train(output: str | os.PathLike, config: TrainStageConfig | None = None, *,
+          report_path: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None,
+          tensorboard: str | os.PathLike | None = None, progress: bool = True) -> TrainStageResult | None:
+    """Train ``config.model`` on ``config.data`` and write ``output`` (.safetensors), its report
+    (default ``output``.json) and log (default ``output``.log). Under torchrun only rank 0 writes
+    files and gets a result; the other ranks get ``None``."""
+    from ..data import load_data
+    from ..io import check_outputs, sidecar
+    from .callbacks import TrainLogger
+    from .distributed import distributed_context
+    from .loop import fit
+    from .optim import seed_everything
+
+    cfg = (config or TrainStageConfig()).validate()
+    out, report_path, log_path = check_outputs([output, report_path or sidecar(output),
+                                                log_path or sidecar(output, ".log")])
+    bundle = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.data_seed, data_root=cfg.data_root,
+                       label_sep=cfg.label_sep, train_limit=cfg.train_limit)
+    if cfg.num_classes is not None and cfg.num_classes != bundle.num_classes:
+        raise UserError(f"--num-classes {cfg.num_classes} does not match data set {bundle.name!r}, "
+                        f"which has {bundle.num_classes} classes")
+    # The seed governs the weight initialisation too (and, inside fit, data order, augmentation and
+    # dropout): the same seed starts from identical weights. Every torchrun process seeds alike.
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, bundle.num_classes, cfg.arch_kwargs())
+    pretrained = load_pretrained(model, cfg.model) if cfg.pretrained else None
+    is_main = distributed_context().is_main
+    logger = TrainLogger(progress=progress, log_file=log_path if is_main else None,
+                         tensorboard=tensorboard if is_main else None)
+    try:
+        result = fit(model, bundle, cfg.loop_config(), callback=logger)
+    finally:
+        logger.close()
+    if not is_main:
+        return None
+    report = _finish(model, bundle, cfg, result, pretrained, out, log_path)
+    from ..io import write_json
+
+    write_json(report_path, report)
+    return TrainStageResult(out, report_path, log_path, report)
+
+
+def _finish(model, bundle, cfg: TrainStageConfig, result, pretrained, out: Path, log_path: Path) -> dict[str, Any]:
+    """Test metrics, the artifact with its history entry, and the report dict."""
+    from models import model_cost
+
+    from ..artifact import save_model
+    from ..evaluate import evaluate, primary_metric, scalar_metrics
+    from ..meta import ModelMeta
+
+    test = evaluate(model, bundle.test, bundle.task, cfg.eval_batch_size, labels=bundle.labels,
+                    threshold=cfg.threshold)
+    test_scalars = scalar_metrics(test)
+    key = primary_metric(bundle.task)
+    cost = model_cost(model, cfg.image_size)
+    data_facts = {"spec": cfg.data, "image_size": cfg.image_size, "data_seed": cfg.data_seed,
+                  "train_limit": cfg.train_limit, "interpolation": bundle.interpolation, "label_sep": cfg.label_sep,
+                  "sizes": bundle.summary()["sizes"]}
+    params = {"config": cfg.loop_config().to_dict(), "model": cfg.model, "model_kwargs": cfg.arch_kwargs(),
+              "data": data_facts, "pretrained": pretrained, "world_size": result.world_size}
+    meta = ModelMeta.for_model(model, task=bundle.task, labels=bundle.labels, input_size=list(bundle.input_size),
+                               mean=list(bundle.mean), std=list(bundle.std), interpolation=bundle.interpolation)
+    meta.add_history("train", params, {key: test_scalars[key], **{f"test_{k}": v for k, v in test_scalars.items()},
+                                       **{f"val_{k}": v for k, v in result.best_metrics.items()}},
+                     seconds=round(result.seconds, 1), epochs_run=result.epochs_run, best_epoch=result.best_epoch)
+    save_model(model, out, meta)
+    return {"command": "train", "output": str(out), "log": str(log_path), "config": params,
+            "data": bundle.summary(), "model": {"arch": cfg.model, "kwargs": cfg.arch_kwargs(), "params": cost.params,
+                                                "macs": cost.macs, "input_size": list(bundle.input_size)},
+            "result": {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                       "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
+                       "val": result.best_metrics, "test": test, "test_scalars": test_scalars},
+            "history": result.history}
