@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ArtifactError
-from .io import atomic_path
+from .io import atomic_path, existing_file
 from .meta import ModelMeta
 from .torch_utils import sync_head
 
@@ -109,11 +109,7 @@ def read_meta(path: str | os.PathLike) -> tuple[ModelMeta, dict[str, Any]]:
     """The metadata of an artifact without loading weights: (ModelMeta, raw dict incl. layers)."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such file")
-    if path.is_dir():
-        raise ArtifactError(f"{path}: is a directory, expected a .safetensors model artifact")
+    path = existing_file(path, "a .safetensors model artifact", ArtifactError)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ArtifactError, UserError
+from .io import existing_file
 
 
 @dataclass
@@ -79,10 +80,6 @@ def _sniff(path: Path) -> Callable[[Path], LoadedModel]:
 def open_model_file(path: str | os.PathLike) -> LoadedModel:
     """Load any model file this toolkit knows, by suffix (or content). :class:`UserError` for a
     missing file, a directory, or a file of no known type."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a model file ({', '.join(known_suffixes())})")
+    path = existing_file(path, f"a model file ({', '.join(known_suffixes())})")
     loader = _FORMATS.get(path.suffix.lower()) or _sniff(path)
     return loader(path)

@@ -36,6 +36,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def existing_file(path: PathLike, expected: str, error: type[UserError] = UserError) -> Path:
+    """``path`` as a Path when it names an existing file; ``error`` ("no such file", "is a
+    directory, expected …") otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: no such file")
+    if path.is_dir():
+        raise error(f"{path}: is a directory, expected {expected}")
+    return path
+
+
 def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None] = ()) -> list[Path]:
     """Refuse an output that is an input or another output (same file under any spelling) or a
     directory; create the outputs' parent folders. Returns the outputs as paths (``None``s dropped)."""

@@ -25,10 +25,10 @@ import json
 import os
 import warnings
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import ArtifactError
+from .io import existing_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -89,11 +89,7 @@ def load_onnx(path: str | os.PathLike) -> "onnx.ModelProto":
     import onnx
     from google.protobuf.message import DecodeError
 
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such file")
-    if path.is_dir():
-        raise ArtifactError(f"{path}: is a directory, expected an ONNX model")
+    path = existing_file(path, "an ONNX model", ArtifactError)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:

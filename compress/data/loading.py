@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError
-from .datasets import ArrayDataset, IndexSubset
+from .datasets import ArrayDataset, DataBundle, IndexSubset
 from .preprocess import INTERPOLATIONS
 
 KNOWN_SPECS = ("digits", "digits-multilabel", "imagefolder:PATH", "csv:PATH", "cifar10", "cifar100")
