@@ -31,3 +31,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite fails if anything replaced /dev/null with a regular file (an "atomic" writer once
+    renamed a temporary file onto it; as root that breaks apt and every later shell redirect)."""
+    import stat
+
+    if not stat.S_ISCHR(os.stat(os.devnull).st_mode):
+        print(f"\nERROR: {os.devnull} is no longer a character device after the test session; "
+              f"restore it with: rm -f /dev/null && mknod -m 666 /dev/null c 1 3", file=sys.stderr)
+        session.exitstatus = 1

@@ -14,6 +14,7 @@ Distributed training (torchrun) is :mod:`.distributed`; reporting is a :class:`~
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -146,9 +147,7 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     run.train_model.train()
     run.callback.on_epoch_start(epoch, run.cfg.epochs, run.steps_per_epoch)
     loss_sum, seen, correct = 0.0, 0, 0
-    for step, (x, y) in enumerate(run.loader, start=1):
-        if step > run.steps_per_epoch:
-            break
+    for step, (x, y) in enumerate(itertools.islice(run.loader, run.steps_per_epoch), start=1):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         target = F.one_hot(y.long(), run.bundle.num_classes).float() if multiclass and run.augment.mixes else y
         x, target = run.augment(x, target)
