@@ -17,15 +17,16 @@ def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
 
 
 def decisions(logits: np.ndarray, task: str) -> np.ndarray:
-    """Top-1 class (multiclass) or the set of labels with positive logits (multilabel)."""
-    return logits.argmax(1) if task == "multiclass" else (logits > 0)
+    """Top-1 class (multiclass) or the set of labels with probability >= 0.5, i.e. logit >= 0
+    (multilabel; the rule of ``compress eval`` and the service)."""
+    return logits.argmax(1) if task == "multiclass" else (logits >= 0)
 
 
 def accuracy(logits: np.ndarray, targets: np.ndarray, task: str) -> float:
     """Top-1 (multiclass) or micro-F1 at probability 0.5 (multilabel)."""
     if task == "multiclass":
         return float((logits.argmax(1) == targets).mean())
-    pred, truth = logits > 0, targets > 0.5
+    pred, truth = logits >= 0, targets > 0.5
     tp = float((pred & truth).sum())
     denom = float(pred.sum() + truth.sum())
     return 2 * tp / denom if denom else 1.0
