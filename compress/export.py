@@ -140,7 +140,7 @@ def _max_abs_diff(model: nn.Module, session, images: torch.Tensor, dynamic_spati
         out = session.run(None, {name: x.numpy().astype(np.float32)})[0]
         if out.shape != ref.shape:
             raise ExportVerificationError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
-        worst = max(worst, float(np.abs(out - ref).max()))
+        worst = float(np.maximum(worst, np.abs(out - ref).max()))  # NaN propagates (max(0.0, nan) is 0.0)
     return worst
 
 
