@@ -123,25 +123,26 @@ def _op_counts(graph) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-@torch.no_grad()
 def _max_abs_diff(model: nn.Module, session, images: torch.Tensor, dynamic_spatial: bool) -> float:
     """Largest |ORT - PyTorch| over the logits of ``images`` run as one batch, of the first image
     alone (the dynamic batch axis) and, with dynamic spatial axes, of the first image resized to
     a larger side."""
-    name = session.get_inputs()[0].name
-    checks = [images, images[:1]]
-    if dynamic_spatial:
-        h, w = images.shape[-2:]
-        checks.append(nn.functional.interpolate(images[:1], size=(h + 16, w + 16), mode="bilinear",
-                                                align_corners=False))
-    worst = 0.0
-    for x in checks:
-        ref = model(x).float().numpy()
-        out = session.run(None, {name: x.numpy().astype(np.float32)})[0]
-        if out.shape != ref.shape:
-            raise ExportVerificationError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
-        worst = float(np.maximum(worst, np.abs(out - ref).max()))  # NaN propagates (max(0.0, nan) is 0.0)
-    return worst
+    # no_grad as a block, not a decorator: mutmut (make mutation) skips decorated functions
+    with torch.no_grad():
+        name = session.get_inputs()[0].name
+        checks = [images, images[:1]]
+        if dynamic_spatial:
+            h, w = images.shape[-2:]
+            checks.append(nn.functional.interpolate(images[:1], size=(h + 16, w + 16), mode="bilinear",
+                                                    align_corners=False))
+        worst = 0.0
+        for x in checks:
+            ref = model(x).float().numpy()
+            out = session.run(None, {name: x.numpy().astype(np.float32)})[0]
+            if out.shape != ref.shape:
+                raise ExportVerificationError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
+            worst = float(np.maximum(worst, np.abs(out - ref).max()))  # NaN propagates (max(0.0, nan) is 0.0)
+        return worst
 
 
 def _export_graph(model: nn.Module, dummy: torch.Tensor, tmp: Path, opset: int, dynamic_spatial: bool,

@@ -79,6 +79,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield the path to write ``path``'s new content to (see the module docstring): a temporary
     file renamed onto ``path`` on success and deleted on failure, or ``path`` itself when it is a
     special file (device, FIFO, socket). A symlink is followed: its target is replaced."""
+    yield from _atomic_path(path)
+
+
+def _atomic_path(path: PathLike) -> Iterator[Path]:
+    # the body of atomic_path, undecorated so that `make mutation` can mutate it (mutmut skips
+    # decorated functions); exceptions and close() reach it through ``yield from``
     path = Path(path)
     try:
         st = os.stat(path)  # follows symlinks

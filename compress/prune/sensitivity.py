@@ -45,6 +45,12 @@ def zeroed_group(graph: tp.DependencyGraph, group) -> Iterator[None]:
     A tensor can appear in a group more than once (a depthwise conv is both producer and
     consumer): each is saved once, before its first change, so the restore is exact whatever
     the order of the group's entries."""
+    yield from _zeroed_group(graph, group)
+
+
+def _zeroed_group(graph: tp.DependencyGraph, group) -> Iterator[None]:
+    # the body of zeroed_group, undecorated so that `make mutation` can mutate it (mutmut skips
+    # decorated functions); exceptions and close() reach it through ``yield from``
     saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     try:
         for dep, idxs in group:

@@ -32,7 +32,7 @@ def agp_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0
     return float(final + (initial - final) * (1.0 - t / total_steps) ** 3)
 
 
-@torch.no_grad()
+# no @torch.no_grad(): every tensor here is detached; and mutmut (make mutation) skips decorated functions
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, *,
                     global_scope: bool = False) -> dict[str, torch.Tensor]:
     """Boolean keep-masks removing the ``sparsity`` fraction of smallest |w|, per tensor or across
@@ -125,7 +125,7 @@ class GradualMagnitudePruner:
         return self.masks
 
 
-@torch.no_grad()
+# no @torch.no_grad(): comparisons build no graph; and mutmut (make mutation) skips decorated functions
 def sparsity_report(model: nn.Module, ignored_layers: Iterable[str | nn.Module] = ()) -> dict:
     """Zero fractions: per prunable layer, over all prunable weights ("global"), over every parameter
     ("overall")."""
