@@ -147,7 +147,11 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     run.train_model.train()
     run.callback.on_epoch_start(epoch, run.cfg.epochs, run.steps_per_epoch)
     loss_sum, seen, correct = 0.0, 0, 0
-    for step, (x, y) in enumerate(itertools.islice(run.loader, run.steps_per_epoch), start=1):
+    # A full epoch runs the loader to its end (its sampler finishes drawing then, so the next
+    # epoch's shuffle is the same as ever); a capped one stops without fetching an extra batch.
+    batches = run.loader if run.steps_per_epoch >= len(run.loader) else \
+        itertools.islice(run.loader, run.steps_per_epoch)
+    for step, (x, y) in enumerate(batches, start=1):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         target = F.one_hot(y.long(), run.bundle.num_classes).float() if multiclass and run.augment.mixes else y
         x, target = run.augment(x, target)
