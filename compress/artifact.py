@@ -145,7 +145,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise ArtifactError(f"{path}: {e}") from None
     except (TypeError, ValueError) as e:
         raise ArtifactError(f"{path}: cannot build {meta.arch!r} with {meta.arch_kwargs}: {e}") from None
-    _resize_layers(model, raw.get("layers", {}))
+    try:
+        _resize_layers(model, raw.get("layers", {}))
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from None
+    except (ValueError, TypeError, AttributeError, ZeroDivisionError, RuntimeError) as e:  # a damaged "layers"
+        raise ArtifactError(f"{path}: corrupt layer shapes in the metadata ({e})") from None
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
