@@ -69,19 +69,46 @@ def docker_base() -> str:
     if out.returncode != 0 or not out.stdout.strip():
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
         pytest.skip(f"no Docker engine could be started: {last}")
-    return out.stdout.strip().splitlines()[-1]
+    return _traversable_base(out.stdout.strip().splitlines()[-1])
+
+
+def _traversable_base(base: str) -> str:
+    """``base``, or a copy of it whose / is world-searchable. docker-local.sh imports a debootstrap
+    folder made by ``mktemp -d``, so its / is mode 0700 and a non-root USER cannot start anything;
+    an image layer cannot change /'s mode, but a re-import of the exported files (no "./" entry)
+    gets the default 0755. python:3.11-slim needs none of this."""
+    probe = _docker("run", "--rm", "--network", "host", "--user", "65534", base, "/bin/true", check=False)
+    if probe.returncode == 0:
+        return base
+    fixed = base + "-searchable-root"
+    if _docker("image", "inspect", fixed, check=False).returncode == 0:
+        return fixed
+    cid = _docker("create", base, "/bin/true").stdout.strip()
+    try:
+        export = subprocess.Popen(["docker", "export", cid], stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "-c", "ENV LANG=C.UTF-8", "-", fixed], stdin=export.stdout,
+                                  capture_output=True, text=True, timeout=300)
+        export.wait(60)
+        assert imported.returncode == 0 and export.returncode == 0, imported.stderr
+    finally:
+        _docker("rm", "-f", cid, check=False)
+    return fixed
 
 
 @pytest.fixture(scope="module")
 def image(docker_base, digits_onnx) -> dict:  # noqa: F811
     """Build the image with the test model baked in (--build-arg MODEL)."""
+    baked = ROOT / "docker" / "models" / "digits.onnx"  # the build context's place for models to bake in
+    shutil.copy(digits_onnx, baked)
+    start = time.time()
+    try:
+        _docker("build", "--network", "host", "--build-arg", f"BASE_IMAGE={docker_base}",
+                "--build-arg", "MODEL=docker/models/digits.onnx", "-f", "docker/Dockerfile", "-t", IMAGE, str(ROOT),
+                timeout=BUILD_TIMEOUT)
+    finally:
+        baked.unlink()
     context_dir = ROOT / "runs" / "docker_test"
     context_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(digits_onnx, context_dir / "digits.onnx")
-    start = time.time()
-    _docker("build", "--network", "host", "--build-arg", f"BASE_IMAGE={docker_base}",
-            "--build-arg", "MODEL=runs/docker_test/digits.onnx", "-f", "docker/Dockerfile", "-t", IMAGE, str(ROOT),
-            timeout=BUILD_TIMEOUT)
     size = int(_docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout.strip())
     facts = {"image": IMAGE, "base": docker_base, "bytes": size, "build_seconds": round(time.time() - start, 1)}
     (context_dir / "image.json").write_text(json.dumps(facts, indent=2) + "\n")
