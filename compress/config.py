@@ -28,20 +28,18 @@ Check = tuple[Callable[[Any], bool], str]
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
            check: Check | None = None, parse: Callable[[str], Any] | None = None, flag: str | None = None,
-           short: str | None = None, metavar: str | None = None, group: str | None = None, cli: bool = True,
-           label: str | None = None, repeat: bool = False,
+           metavar: str | None = None, group: str | None = None, label: str | None = None, repeat: bool = False,
            default_factory: Callable[[], Any] | None = None) -> Any:
     """A config field with its documentation and validation.
 
     ``check`` is ``(predicate, "must ...")``, applied to non-``None`` values. ``parse`` turns a
     command-line (or YAML) string into the value (e.g. ``"20M"`` → 2e7). ``flag`` overrides the
-    derived ``--field-name``; ``cli=False`` keeps a field out of the command line. Error messages
+    derived ``--field-name``; ``group`` is its section in ``--help``. Error messages
     name the option by ``label`` (e.g. "learning rate") or else by its flag. A list field with
     ``repeat=True`` takes space-separated values on the command line (``--ignore a b --ignore c``)
     instead of one comma-separated value."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "check": check,
-            "parse": parse, "flag": flag, "short": short, "metavar": metavar, "group": group, "cli": cli,
-            "label": label, "repeat": repeat}
+            "parse": parse, "flag": flag, "metavar": metavar, "group": group, "label": label, "repeat": repeat}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -156,12 +154,10 @@ class StageConfig:
 
     # ------------------------------------------------------------------ argparse
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, *, exclude: Sequence[str] = ()) -> None:
-        """One flag per field (``cli=True``), grouped by the fields' ``group``; help shows defaults."""
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field, grouped by the fields' ``group``; help shows defaults."""
         groups: dict[str | None, Any] = {None: parser}
         for f, tp in cls._fields():
-            if f.name in exclude or not f.metadata.get("cli", True):
-                continue
             group_name = f.metadata.get("group")
             if group_name not in groups:
                 groups[group_name] = parser.add_argument_group(group_name)
@@ -169,9 +165,8 @@ class StageConfig:
             base, _ = _base_type(tp)
             default = f.default if f.default is not dataclasses.MISSING else \
                 (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-            names = [flag_name(f)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
             help_text = f.metadata["help"]
-            if default not in (None, [], False, "") and "%(default)" not in help_text:
+            if default not in (None, [], False, ""):
                 shown = ",".join(map(str, default)) if isinstance(default, list) else default
                 help_text += f" (default {shown})".replace("%", "%%")
             kw: dict[str, Any] = {"dest": f.name, "help": help_text, "default": argparse.SUPPRESS}
@@ -185,14 +180,13 @@ class StageConfig:
                 kw["type"] = _arg_parser(f, base)
                 kw["metavar"] = f.metadata.get("metavar") or (
                     "{" + ",".join(map(str, choices)) + "}" if choices else f.name.upper())
-            target.add_argument(*names, **kw)
+            target.add_argument(flag_name(f), **kw)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **overrides: Any):
+    def from_args(cls, args: argparse.Namespace):
         """A validated config from parsed flags (absent flags keep the field defaults)."""
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-        values.update(overrides)
-        return cls(**values).validate()
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        return cls(**given).validate()
 
 
 def _arg_parser(f: dataclasses.Field, base: Any) -> Callable[[str], Any]:
