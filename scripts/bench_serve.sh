@@ -13,7 +13,7 @@
 # and rounds interleave, per concurrency level (1, 4, 16): in-process (the same decode +
 # preprocess + ORT code, no HTTP, N threads calling one 2-thread session), then each server under
 # `compress loadtest`'s client (aiohttp) for SECONDS. Server RSS (every process of the server) is
-# read from /proc before the first round and after the last.
+# read from /proc after a 1 s warm-up at each level and again after the last round.
 # Environment: SECONDS_PER_CELL (default 5), ROUNDS (2), LEVELS (1,4,16), BIN (.venv/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -180,9 +180,10 @@ for name, onnx in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)):
     servers = {c: start(onnx, name, args) for c, args in CONFIGS.items()}
     try:
         model = Model(name, onnx, threads=2)
-        # warm every server and read RSS after warm-up
+        # warm every server at every level (1 s each: thread pools, allocator arenas and ONNX
+        # Runtime's buffers reach their working size), then read RSS: growth after that is a leak
         for _, url in servers.values():
-            asyncio.run(run_loadtest_async(url, data, ctype, [1], requests=50, warmup=5))
+            asyncio.run(run_loadtest_async(url, data, ctype, LEVELS, duration=1.0, warmup=5))
         rss_before = {c: tree_rss(p.pid) for c, (p, _) in servers.items()}
         cells: dict = {}
         for r in range(ROUNDS):

@@ -2,7 +2,9 @@
 
 Every model has one :class:`InferenceQueue`: requests put their (n, C, H, W) arrays on an
 ``asyncio.Queue`` of ``max_queue`` entries and await a future; one consumer task takes the first
-waiting entry, gathers more for up to ``max_wait_ms`` (or until ``max_batch`` images), runs them
+waiting entry, gathers the entries already queued and, while other requests for the model are
+still being decoded (``expecting``), waits up to ``max_wait_ms`` for them (at most ``max_batch``
+images), runs them
 as one ONNX Runtime call in a one-thread executor (the session's own intra-op threads do the
 parallel work) and hands each request its rows. With ``max_batch=1`` nothing waits: it is a plain
 bounded queue in front of the session. A full queue raises :class:`QueueFull` at once (the route
@@ -50,13 +52,15 @@ class BatchResult:
 class InferenceQueue:
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, name: str, max_batch: int = 1,
                  max_wait_ms: float = 0.0, max_queue: int = 64,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None,
+                 expecting: Callable[[], int] | None = None):
         self.run = run
         self.name = name
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.expecting = expecting or (lambda: 1)
         self._queue: asyncio.Queue[_Entry] | None = None
         self._held: list[_Entry] = []  # taken from the queue but of another shape: first next round
         self._task: asyncio.Task | None = None
@@ -157,7 +161,9 @@ class InferenceQueue:
         deadline = loop.time() + self.max_wait
         held = []
         while n < self.max_batch:
-            entry = await self._next(deadline - loop.time())
+            # wait for more only while requests for this model are still being decoded: a lone
+            # request (concurrency 1) runs at once instead of sitting out max_wait_ms
+            entry = await self._next(deadline - loop.time() if self.expecting() > 0 else 0.0)
             if entry is None:
                 break
             if entry.batch.shape[1:] != first.batch.shape[1:] or n + len(entry.batch) > self.max_batch:

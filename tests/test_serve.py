@@ -508,9 +508,16 @@ def test_micro_batching_shares_one_ort_call(digits_onnx, digit_png):
     responses = asyncio.run(_concurrent_posts(app, 8, digit_png))
     assert all(r.status_code == 200 for r in responses)
     sizes = [r.json()["batch_size"] for r in responses]
-    assert max(sizes) == 8, sizes
+    assert max(sizes) >= 6, sizes  # the first may run alone: nobody else had arrived yet
     first = responses[0].json()["predictions"]
     assert all(r.json()["predictions"] == first for r in responses)  # same image, same answer in any row
+
+
+def test_micro_batching_does_not_hold_a_lone_request(digits_onnx, digit_png):
+    app = create_app(Settings(models=(ModelSpec("digits", digits_onnx),), max_batch=8, max_wait_ms=1000))
+    (response,) = asyncio.run(_concurrent_posts(app, 1, digit_png))
+    assert response.json()["batch_size"] == 1
+    assert response.json()["timing_ms"]["total"] < 500  # not the 1000 ms max wait
 
 
 def test_without_batching_each_request_runs_alone(digits_onnx, digit_png):

@@ -181,8 +181,9 @@ async def infer(name: str, request: Request, version: str | None = None, service
     model = _model(service, name, version)
 
     async def work():
-        req, binary = _split_body(request, await read_body(request))
-        x = _input_tensor(model, req, binary, service.settings.max_pixels * 3)
+        with service.arriving(model):
+            req, binary = _split_body(request, await read_body(request))
+            x = _input_tensor(model, req, binary, service.settings.max_pixels * 3)
         try:
             result = await service.infer(model, x)
         except InferenceFailed as e:

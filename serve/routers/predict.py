@@ -97,8 +97,9 @@ async def predict(request: Request, service: Service = Depends(get_service), mod
     m = service.model(model)
 
     async def work():
-        data, _ = await _single_image(request)
-        batch, decode, preprocess = await service.prepare(m, [data])
+        with service.arriving(m):
+            data, _ = await _single_image(request)
+            batch, decode, preprocess = await service.prepare(m, [data])
         return await service.infer(m, batch), decode, preprocess
 
     result, decode, preprocess = await with_timeout(work(), service.settings.timeout_s)
@@ -121,8 +122,9 @@ async def predict_batch(request: Request, service: Service = Depends(get_service
     m = service.model(model)
 
     async def work():
-        files = await _many_images(request, service.settings.max_files)
-        batch, decode, preprocess = await service.prepare(m, [data for data, _ in files])
+        with service.arriving(m):
+            files = await _many_images(request, service.settings.max_files)
+            batch, decode, preprocess = await service.prepare(m, [data for data, _ in files])
         return files, await service.infer(m, batch), decode, preprocess
 
     files, result, decode, preprocess = await with_timeout(work(), service.settings.timeout_s)
