@@ -126,6 +126,23 @@ def test_imagefolder_flat_and_presplit(tmp_path):
     assert (len(b2.train), len(b2.val)) == (16, 6) and b2.info["test_is_val"]
 
 
+def test_imagefolder_reads_alpha_and_16_bit_like_the_service(tmp_path):
+    """Transparent pixels are white and 16-bit grey is scaled, as serve/images.py does — not
+    Pillow's convert("RGB"), which drops alpha (black) and clips 16-bit values to 255."""
+    from compress.data.files import load_imagefolder
+
+    for label, make in (("alpha", lambda: Image.new("RGBA", (8, 8), (255, 0, 0, 0))),
+                        ("deep", lambda: Image.fromarray(np.full((8, 8), 257 * 100, dtype=np.uint16)))):
+        (tmp_path / label).mkdir()
+        for k in range(3):
+            make().save(tmp_path / label / f"{k}.png")
+    bundle = load_imagefolder(str(tmp_path), image_size=8, seed=0, mean=(0, 0, 0), std=(1, 1, 1))
+    ds = bundle.train
+    pixels = {bundle.labels[ds[i][1]]: ds[i][0][:, 0, 0].tolist() for i in range(len(ds))}
+    assert pixels["alpha"] == [1.0, 1.0, 1.0]
+    assert pixels["deep"] == pytest.approx([100 / 255] * 3)
+
+
 def test_imagefolder_bad_input(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_data(f"imagefolder:{tmp_path / 'nope'}")

@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .preprocess import Preprocess
+from .preprocess import Preprocess, to_rgb
 
 TASKS = ("multiclass", "multilabel")
 
@@ -54,11 +54,13 @@ class FileDataset(Dataset):
         return len(self.paths)
 
     def load_image(self, i: int) -> Image.Image:
+        """The image as 8-bit RGB, the way the service sees it (:func:`~.preprocess.to_rgb`: EXIF
+        orientation, alpha over white, 16-bit grey scaled), not Pillow's plain ``convert``."""
         path = self.paths[i]
         try:
             with Image.open(path) as im:
                 im.load()
-                return im.convert("RGB")
+                return to_rgb(im)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
