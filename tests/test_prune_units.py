@@ -647,3 +647,141 @@ def test_search_when_even_the_largest_ratio_misses():
 def test_search_default_max_ratio():
     found = search_ratio(Box(), prune_box, cost, 1.0)
     assert found.trials[0]["ratio"] == 0.9 and not found.reached
+
+
+# ----------------------------------------------------------------------------- more edges
+
+def test_without_rounding_a_high_ratio_still_keeps_one_channel_per_group():
+    """torch-pruning skips, unpruned, a group the ratio would empty: at ratio 0.96 without rounding
+    nothing was pruned at all, and at 0.95 conv1's group (16 channels) was left whole while conv3
+    went to one channel; and sensitivity rows (kept = 1) disagreed with real pruning."""
+    for ratio in (0.95, 0.96, 0.99):
+        m = Net().eval()
+        prune_channels(m, x8(), ratio=ratio, importance=l2(), round_to=None)
+        assert widths(m) == (1, 1), ratio
+    _, rows = analyze_sensitivity(Net().eval(), x8(), lambda model: 1.0, ratios=(0.95,), importance=l2(), round_to=0)
+    for row in rows:
+        real = Net().eval()
+        prune_channels(real, x8(), ratio=0.0, ratio_per_layer={row.layer: 0.95}, importance=l2(), round_to=0)
+        assert {"conv1": real.conv1.out_channels, "conv3": real.conv3.out_channels}[row.layer] == row.kept == 1
+
+
+def test_the_per_layer_cap_holds_between_steps():
+    m = Net().eval()
+    prune_channels(m, x8(), ratio=0.9, importance=l2(), round_to=None, steps=3, max_layer_ratio=0.5)
+    assert widths(m) == (6, 9)  # no layer is pruned further once below half its width
+    m = Net().eval()
+    prune_channels(m, x8(), ratio=0.9, importance=l2(), round_to=None, steps=3)
+    assert widths(m) == (1, 2)  # the default cap, 0.95, leaves room for 0.9
+
+
+@pytest.mark.parametrize("keep,current,round_to,expected", [(1, 1, 8, 1), (5, 16, 2, 6), (7, 16, 2, 8)])
+def test_round_channels_more(keep, current, round_to, expected):
+    assert round_channels(keep, current, round_to) == expected
+
+
+def test_at_most_three_suggestions():
+    with pytest.raises(UserError) as err:
+        resolve_layers(Net(), ["bn"])
+    suggestions = str(err.value).split("did you mean ")[1].rstrip("?").split(", ")
+    assert len(suggestions) == 3 and set(suggestions) <= {"bn1", "bn2", "bn3", "bn4"}
+
+
+def test_zeroed_group_tells_depthwise_from_other_convs():
+    one_in = nn.Conv2d(1, 4, 1)            # groups == in_channels == 1: an ordinary conv, a consumer
+    dw2 = nn.Conv2d(2, 2, 3, groups=2)     # the smallest depthwise conv: its channels are its outputs
+    w1, b1, w2 = one_in.weight.detach().clone(), one_in.bias.detach().clone(), dw2.weight.detach().clone()
+    with zeroed_group(FAKE_GRAPH, [(fake_dep(one_in, "in"), [0]), (fake_dep(dw2, "in"), [1])]):
+        assert one_in.weight.abs().sum() == 0 and torch.equal(one_in.bias, b1)  # input slice: all of it
+        assert dw2.weight[1].abs().sum() == 0 and torch.equal(dw2.weight[0], w2[0])
+    assert torch.equal(one_in.weight, w1) and torch.equal(dw2.weight, w2)
+
+
+def test_sensitivity_defaults_round_to_8_and_evaluates_a_single_dropped_channel():
+    _, rows = analyze_sensitivity(Net().eval(), x8(), conv3_norm_kept, ratios=(0.5,), importance=l2())
+    assert {r.layer: r.kept for r in rows} == {"conv1": 8, "conv3": 16}
+    _, rows = analyze_sensitivity(Net().eval(), x8(), conv3_norm_kept, ratios=(0.04,), importance=l2(),
+                                  round_to=None, ignored_layers=["conv1"])
+    assert len(rows) == 1 and rows[0].kept == 23  # one channel dropped: evaluated, not assumed free
+    assert rows[0].metric == pytest.approx(1 - 1 / float((torch.arange(1, 25, dtype=torch.float64) ** 2).sum()))
+
+
+def test_only_groups_without_scores_are_skipped():
+    class SkipConv3:
+        def __init__(self, model):
+            self.model, self.inner = model, l2()
+
+        def __call__(self, group):
+            return None if group[0].dep.target.module is self.model.conv3 else self.inner(group)
+
+    m = Net().eval()
+    _, rows = analyze_sensitivity(m, x8(), lambda model: 1.0, ratios=(0.5,), importance=SkipConv3(m))
+    assert [r.layer for r in rows] == ["conv1"]
+
+
+def test_agp_with_a_single_step():
+    assert agp_sparsity(0, 1, 0.8, 0.2) == pytest.approx(0.2)
+    assert agp_sparsity(1, 1, 0.8, 0.2) == pytest.approx(0.8)
+
+
+def test_gradual_pruner_defaults_to_per_layer_and_global_reaches_layers_unevenly():
+    per_layer, glob = Net(), Net()
+    a = GradualMagnitudePruner(per_layer, 0.6, total_steps=2)
+    b = GradualMagnitudePruner(glob, 0.6, total_steps=2, global_scope=True)
+    for _ in range(2):
+        a(per_layer)
+        b(glob)
+    rep_a, rep_b = sparsity_report(per_layer), sparsity_report(glob)
+    assert all(v["sparsity"] == pytest.approx(0.6, abs=0.01) for v in rep_a["layers"].values())
+    assert rep_b["global"] == pytest.approx(0.6, abs=2e-3) and rep_b["layers"]["conv3"]["sparsity"] < 0.3
+
+
+def test_gradual_pruner_may_hold_a_constant_sparsity():
+    m = Net()
+    pruner = GradualMagnitudePruner(m, 0.5, total_steps=4, initial=0.5)
+    pruner(m)
+    assert pruner.current == 0.5 and sparsity_of(m) == pytest.approx(0.5, abs=2e-3)
+
+
+def test_sparsity_report_of_a_single_weight():
+    m = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False))
+    with torch.no_grad():
+        m[0].weight.zero_()
+    rep = sparsity_report(m)
+    assert rep["global"] == 1.0 and rep["overall"] == 1.0 and rep["prunable_params"] == rep["params"] == 1
+
+
+class Shared:
+    """A model whose state lives in a mutable member, like a module's submodules."""
+
+    def __init__(self):
+        self.state = {"ratio": 0.0}
+
+
+def test_search_prunes_deep_copies():
+    model = Shared()
+
+    def prune(m, ratio):
+        m.state["ratio"] = ratio
+        return m
+
+    found = search_ratio(model, prune, lambda m: 100.0 * (1 - m.state["ratio"]), 50.0)
+    assert found.reached and model.state["ratio"] == 0.0
+
+
+def test_search_defaults():
+    found = search_ratio(Box(), prune_box, cost, 50.0)  # max ratio 0.9, tolerance 0.01, at most 10 trials
+    assert found.reached and 0.5 <= found.ratio <= 0.51 and found.trials[0]["ratio"] == 0.9
+    found = search_ratio(Box(), prune_box, cost, 50.0, tolerance=1e-9)
+    assert len(found.trials) == 10
+
+
+def test_search_boundaries_are_inclusive():
+    found = search_ratio(Box(), prune_box, cost, 50.0, max_ratio=0.5)  # the largest ratio meets it exactly
+    assert found.reached is True and found.ratio == 0.5 and found.trials[0] == {"ratio": 0.5, "cost": 50.0}
+    found = search_ratio(Box(), prune_box, cost, 50.0, max_ratio=1.0, tolerance=0.3)  # the first midpoint does
+    assert found.ratio == 0.5 and [t["ratio"] for t in found.trials] == [1.0, 0.5, 0.25]
+    found = search_ratio(Box(), prune_box, cost, 80.0, max_ratio=0.5, tolerance=0.25)  # the bracket hits 0.25
+    assert [t["ratio"] for t in found.trials] == [0.5, 0.25] and found.ratio == 0.25
+    missed = search_ratio(Box(), prune_box, cost, 5.0, max_ratio=0.5)
+    assert missed.reached is False

@@ -110,10 +110,12 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, ratio: floa
     modules = resolve_layers(model, per_layer)
     ratio_dict = {m: per_layer[name] for m, name in zip(modules, per_layer)}
 
+    # round_to 1 when not rounding: torch-pruning calls _round_to (which keeps at least one channel)
+    # only when round_to is set, and otherwise skips, unpruned, any group the ratio would empty
     with model_mode(model, training=False):  # tracing must not update BatchNorm statistics
         pruner = _ChannelPruner(model, example_input, importance=importance, global_pruning=global_pruning,
                                 pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None, iterative_steps=steps,
-                                ignored_layers=ignored, round_to=round_to or None, max_pruning_ratio=max_layer_ratio)
+                                ignored_layers=ignored, round_to=round_to or 1, max_pruning_ratio=max_layer_ratio)
         try:
             for step in range(1, steps + 1):
                 if needs_gradients(importance):
