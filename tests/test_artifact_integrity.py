@@ -384,3 +384,96 @@ def test_training_data_is_the_last_stage_that_names_a_data_set():
     assert m.training_data()["data_seed"] == 0
     m.history[0]["params"]["data"]["data_seed"] = "5"
     assert m.training_data()["data_seed"] == 5
+
+
+def test_an_unchanged_linear_does_not_stop_the_resizing():
+    m = Small()
+    _resize_layers(m, {"fc_nobias": [5, 2], "bn": [8], "conv": [3, 4, 1], "fc": [4, 5]})
+    assert m.conv.out_channels == 4 and m.fc.in_features == 4
+
+
+def test_an_artifact_without_layer_shapes_loads(tmp_path, saved):
+    """"layers" is needed only for pruned networks; an artifact without it loads as built."""
+    _, data = saved
+    header, body = split(data)
+    raw = json.loads(header["__metadata__"]["compress"])
+    del raw["layers"]
+    header["__metadata__"]["compress"] = json.dumps(raw)
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(join(header, body))
+    model, meta = load_model(path)
+    assert meta.num_classes == 3 and model.get_classifier().out_features == 3
+    assert torch.equal(model.get_classifier().weight, tiny_model().get_classifier().weight)
+
+
+def test_unreadable_weights_are_refused_with_the_first_line_of_the_cause(tmp_path, saved, monkeypatch):
+    """The header can be fine and the data not (e.g. the file changed after its header was read)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def broken(*args, **kwargs):
+        raise SafetensorError("incomplete buffer\nmore detail")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", broken)
+    path, _ = saved
+    with pytest.raises(ArtifactError, match=rf"^{path}: corrupt weights \(incomplete buffer\)$"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_are_described_on_one_line(tmp_path, saved):
+    from safetensors.torch import load_file, save_file
+
+    path, data = saved
+    state = load_file(str(path))
+    del state["features.0.0.weight"], state["classifier.1.bias"]
+    save_file(state, str(tmp_path / "m.safetensors"), metadata=split(data)[0]["__metadata__"])
+    with pytest.raises(ArtifactError) as err:
+        load_model(tmp_path / "m.safetensors")
+    message = str(err.value)
+    assert "\n" not in message  # torch's first two lines, joined
+    assert message.startswith(f"{tmp_path / 'm.safetensors'}: weights do not fit mobilenet_v2: "
+                              "Error(s) in loading state_dict for MobileNetV2: \tMissing key(s) in state_dict: ")
+
+
+def test_not_safetensors_says_why(tmp_path):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"\x00" * 3)
+    with pytest.raises(ArtifactError, match=r"m\.safetensors: not a safetensors model artifact \((?!None\)).+\)$"):
+        read_meta(path)
+
+
+def test_a_module_without_arch_can_be_saved(tmp_path):
+    path = save_model(Small(), tmp_path / "s.safetensors", ModelMeta(arch="small", num_classes=5))
+    meta, raw = read_meta(path)
+    assert meta.arch == "small" and raw["layers"] == layer_shapes(Small())
+
+
+def test_a_narrower_head_sets_num_features_on_load(tmp_path):
+    from compress.prune import importance_by_name, prune_channels
+
+    model = tiny_model()
+    wide = model.num_features
+    prune_channels(model, torch.randn(1, 3, 32, 32), ratio=0.5, importance=importance_by_name("l2"))
+    assert model.get_classifier().in_features < wide
+    path = save_model(model, tmp_path / "p.safetensors", ModelMeta.for_model(model, input_size=[3, 32, 32]))
+    loaded, _ = load_model(path)
+    assert loaded.num_features == loaded.get_classifier().in_features == model.get_classifier().in_features
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_for_model_reads_the_models_own_normalisation():
+    class Gray(nn.Module):
+        arch = "gray"
+        default_cfg = {"input_size": (1, 28, 28), "mean": (0.1307,), "std": (0.3081,)}
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 10)
+
+        def get_classifier(self):
+            return self.fc
+
+    meta = ModelMeta.for_model(Gray())
+    assert meta.input_size == [1, 28, 28] and meta.mean == [0.1307] and meta.std == [0.3081]

@@ -299,3 +299,49 @@ def test_run_benchmark_reports_exact_ratios_and_agreement(tmp_path, monkeypatch)
     # the swapped model predicts 1 0 2 1 0 2: right on sample 2 only, agrees with the baseline on 2 and 5
     assert swapped_row["accuracy"] == pytest.approx(1 / 6) and swapped_row["agreement"] == pytest.approx(2 / 6)
     assert swapped_row["size_ratio"] == 1.0 and swapped_row["macs"] == 9 and swapped_row["macs_ratio"] == 1.0
+
+
+def test_timing_row_schema_sub_millisecond_baselines_and_exact_gmacs():
+    vs = [variant("a", (3, 16, 16), macs=2_000_000_000), variant("b", (3, 16, 16), macs=500_000_000)]
+    sizes = {"a": (3, 16, 16), "b": (3, 16, 16)}
+    rows = _timing_rows(vs, sizes, [[stats(1000.0), stats(0.5)]])
+    assert rows[0]["gmacs_per_s"] == 2.0  # 2e9 MACs in one second: exactly 2 GMAC/s
+    assert set(rows[0]) == {"model", "engine", "batch", "threads", "input", "speedup", "latency_ratio", "gmacs_per_s",
+                            *stats(1.0).to_dict()}
+    rows = _timing_rows(vs, sizes, [[stats(0.5), stats(0.25)]])  # tiny models run in under a millisecond
+    assert rows[1]["speedup"] == 2.0 and rows[1]["latency_ratio"] == 0.5
+
+
+def test_static_rows_give_height_by_width():
+    vs = [variant("a", (3, 24, 40), macs=10)]
+    assert _static_rows(vs, {"a": (3, 24, 40)}, {})[0]["input"] == "24x40"
+
+
+def test_each_variant_is_preprocessed_as_its_own_metadata_says(monkeypatch):
+    loads = []
+
+    def test_arrays(spec, side, meta, seed, limit):
+        loads.append((side, meta))
+        bundle = SimpleNamespace(labels=["a", "b", "c"], task="multiclass")
+        return bundle, np.zeros((6, 3, side, side), np.float32), np.array([0, 1, 2, 0, 1, 2])
+
+    monkeypatch.setattr(A, "_test_arrays", test_arrays)
+    m1 = ModelMeta(arch="m", num_classes=3, input_size=[3, 8, 8])
+    m2 = ModelMeta(arch="m", num_classes=3, input_size=[3, 8, 8], mean=[0.5, 0.5, 0.5])   # same size, other mean
+    m3 = ModelMeta(arch="m", num_classes=3, input_size=[3, 8, 8], std=[0.5, 0.5, 0.5])    # same size, other std
+    vs = [variant("one", meta=m1), variant("two", meta=m2), variant("three", meta=m3), variant("again", meta=m1)]
+    runners = {n: FakeRunner(onehot_logits([0, 1, 2, 0, 1, 2])) for n in ("one", "two", "three", "again")}
+    out = A.data_metrics(vs, "x", None, 0, runners)
+    assert loads == [(8, m1), (8, m2), (8, m3)]  # one load per preprocessing, each with its model's facts
+    assert all(out[n]["accuracy"] == 1.0 and out[n]["agreement"] == 1.0 for n in runners)
+
+
+def test_a_model_without_metadata_is_evaluated_at_its_timing_size(fake_data):
+    def plain(graph):
+        return Variant(name="plain", path=Path("/m/plain.onnx"), engine="onnxruntime", file_bytes=1,
+                       stored_bytes=None, params=None, graph_input=graph)
+
+    A.data_metrics([plain(("N", 3, 16, 16))], "d", None, 0, {"plain": FakeRunner(onehot_logits([0, 1, 2] * 2))})
+    A.data_metrics([plain(("N", 3, "H", "W"))], "d", None, 0, {"plain": FakeRunner(onehot_logits([0] * 6))},
+                   input_size=24)
+    assert [load[1] for load in fake_data] == [16, 24]  # the graph's fixed size, else the one asked for

@@ -5,6 +5,7 @@ chosen error on a chosen check (whole batch, first image alone, first image enla
 largest difference and the tolerance boundary are known to the bit. Real exports then show the
 gate compares ONNX Runtime with *PyTorch* (a weight perturbed on either side fails) and that a
 NaN anywhere fails."""
+import time
 from collections import Counter
 
 import numpy as np
@@ -326,3 +327,73 @@ def test_other_opsets_in_range(tmp_path):
     for opset in (13, 20):
         r = export_onnx(Tiny(), meta(), tmp_path / f"m{opset}.onnx", opset=opset)
         assert r.opset == opset and onnx.load(str(tmp_path / f"m{opset}.onnx")).opset_import[0].version == opset
+
+
+class NormFirst(nn.Module):
+    """A BatchNorm on the input, before any convolution: nothing can fold it."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.norm.running_mean.fill_(0.25)
+            self.norm.running_var.fill_(2.0)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(self.norm(x))).mean((2, 3)))
+
+
+def test_an_unfoldable_batchnorm_is_reported(tmp_path):
+    report = export_onnx(NormFirst(), meta(), tmp_path / "m.onnx")
+    assert report.batchnorm_nodes == 1 and report.op_counts.get("BatchNormalization") == 1
+    assert report.notes == ["BatchNorm folded with torch.fx before export",
+                            "1 BatchNormalization node(s) not after a convolution stay in the graph"]
+    assert report.max_abs_diff <= 1e-4 and report.to_dict()["notes"] == report.notes
+    assert export_onnx(Tiny(), meta(), tmp_path / "t.onnx").notes == []
+
+
+def test_export_takes_its_own_time_threads_and_randomness(tmp_path):
+    class Spy(Tiny):
+        threads: list = []
+
+        def forward(self, x):
+            Spy.threads.append(torch.get_num_threads())
+            return super().forward(x)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = Spy().eval()
+        torch.manual_seed(123)
+        expected_draw = torch.rand(3)
+        torch.manual_seed(123)
+        start = time.perf_counter()
+        report = export_onnx(model, meta(), tmp_path / "m.onnx")
+        elapsed = time.perf_counter() - start
+        assert torch.equal(torch.rand(3), expected_draw)  # the global random state is left alone
+        assert Spy.threads and set(Spy.threads) == {1}  # traced and verified with one thread ...
+        assert torch.get_num_threads() == 2  # ... and the caller's setting is given back
+    finally:
+        torch.set_num_threads(before)
+    assert 0 < report.seconds <= elapsed
+
+
+def test_export_writes_nothing_but_its_output(tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    export_onnx(Tiny(), meta(), tmp_path / "out" / "m.onnx")
+    assert list(cwd.iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.onnx"]
+
+
+def test_simplified_export_is_verified_too(tmp_path):
+    pytest.importorskip("onnxslim")
+    import onnx
+
+    report = export_onnx(Tiny(), meta(), tmp_path / "s.onnx", simplify=True)
+    assert report.simplified and report.max_abs_diff <= 1e-4
+    proto = onnx.load(str(tmp_path / "s.onnx"))
+    assert report.nodes == len(proto.graph.node) and proto.producer_name == "compress"

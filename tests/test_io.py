@@ -373,3 +373,13 @@ def test_sidecar_appends_to_the_full_name():
     assert sidecar(Path("/a/b/m.safetensors"), ".eval-test.json") == Path("/a/b/m.safetensors.eval-test.json")
     assert sidecar("plain") == Path("plain.json")
     assert isinstance(sidecar("x.onnx"), Path)
+
+
+def test_missing_parent_folders_are_created(tmp_path, umask):
+    umask(0o022)
+    out = tmp_path / "a" / "b" / "c" / "m.json"
+    with atomic_path(out) as tmp:
+        tmp.write_text("x")
+    assert out.read_text() == "x" and names_in(out.parent) == {"m.json"}
+    write_json(tmp_path / "d" / "e" / "r.json", [1])
+    assert json.loads((tmp_path / "d" / "e" / "r.json").read_text()) == [1]

@@ -323,3 +323,53 @@ def test_softmax_and_sigmoid_against_scipy():
     np.testing.assert_allclose(M.softmax(z).sum(axis=1), 1.0)
     np.testing.assert_allclose(M.sigmoid(z[1]), expit(z[1]))
     assert M.sigmoid(np.array([0.0]))[0] == 0.5
+
+
+# ----------------------------------------------------------------------------- inputs of other types
+
+def test_quantized_scores_rank_like_their_values():
+    """uint8 scores (a quantized model's outputs) rank like the same numbers as floats; negating
+    them in their own type would wrap around (-200 is 56 in uint8)."""
+    rng = np.random.default_rng(8)
+    y = rng.random(80) < 0.4
+    y[0] = True
+    q = rng.integers(0, 256, 80).astype(np.uint8)
+    assert M.average_precision(y, q) == pytest.approx(skm.average_precision_score(y, q.astype(float)))
+
+
+def test_class_indices_stored_as_floats():
+    y = np.array([0, 1, 2, 1, 0, 2])
+    pred = np.array([0, 2, 2, 1, 1, 2])
+    assert M.confusion_matrix(y.astype(float), pred.astype(np.float32), 3).tolist() == \
+        skm.confusion_matrix(y, pred).tolist()
+    logits = np.eye(3)[pred] * 4.0
+    assert M.multiclass_metrics(y.astype(np.float32), logits) == M.multiclass_metrics(y, logits)
+
+
+def test_float32_logits_keep_the_ranking_of_very_negative_logits():
+    """ONNX Runtime gives float32 logits; a float32 sigmoid of logits below about -88 is exactly 0,
+    which would tie them and change the mAP. AP is a ranking metric: it must equal AP on the logits."""
+    y = np.array([[1], [0], [0], [1], [0]])
+    logits = np.array([[-100.0], [-110.0], [-120.0], [-90.0], [-130.0]], dtype=np.float32)
+    ref = skm.average_precision_score(y[:, 0], logits[:, 0])
+    assert ref == 1.0
+    assert M.multilabel_metrics(y, logits)["map"] == pytest.approx(ref)
+    assert M.sigmoid(logits).min() > 0
+
+
+def test_equal_error_threshold_with_one_positive_and_one_negative():
+    assert M.equal_error_threshold([1, 0], [0.2, 0.8]) == brute_force_eer_dict([1, 0], [0.2, 0.8])
+    assert M.equal_error_threshold([0, 1, 1], [0.9, 0.5, 0.1]) == brute_force_eer_dict([0, 1, 1], [0.9, 0.5, 0.1])
+    assert M.equal_error_threshold([1, 0, 0], [0.5, 0.9, 0.1]) == brute_force_eer_dict([1, 0, 0], [0.5, 0.9, 0.1])
+
+
+def test_topk_ties_among_many_classes_go_to_the_lower_index():
+    # 64 classes, scores in {0, 1, 2}: many ties; the true class is the first of the highest ones
+    rng = np.random.default_rng(12)
+    scores = rng.integers(0, 3, size=(50, 64)).astype(float)
+    y = scores.argmax(1)  # numpy's argmax returns the first maximum
+    assert M.topk_accuracy(y, scores, 1) == 1.0
+    second = np.array([sorted(range(64), key=lambda j: (-row[j], j))[1] for row in scores])
+    assert M.topk_accuracy(second, scores, 1) == 0.0 and M.topk_accuracy(second, scores, 2) == 1.0
+    small = np.array([[0.5, 0.5, 0.0], [0.1, 0.3, 0.3]])
+    assert M.topk_accuracy(np.array([1, 2]), small) == 0.0  # the default k is 1 (k = 2 would give 1.0)

@@ -236,3 +236,27 @@ def test_refused_sizes(kw, message):
 def test_a_fixed_batch_is_checked_only_when_a_batch_is_given():
     assert resolve_input_size(None, graph_shape=(1, 3, 8, 8)) == (3, 8, 8)
     assert resolve_input_size(None, graph_shape=(1, 3, 8, 8), batch=1) == (3, 8, 8)
+
+
+@pytest.mark.parametrize("kw,expected", [
+    (dict(requested=32, graph_shape=("N",)), (3, 32, 32)),          # too short to name channels
+    (dict(requested=32, graph_shape=("N", 1)), (1, 32, 32)),
+    (dict(requested=(3, 24, 32), graph_shape=("N", 3, 24, 32)), (3, 24, 32)),
+])
+def test_resolved_sizes_of_odd_graphs(kw, expected):
+    assert resolve_input_size(**kw) == expected
+
+
+def test_messages_name_height_and_width():
+    with pytest.raises(UserError, match=r"fixed at 24x32; it cannot run at 40x48 "):
+        resolve_input_size((3, 40, 48), graph_shape=("N", 3, 24, 32))
+
+
+def test_a_graph_with_a_dynamic_channel_axis_gives_no_size():
+    with pytest.raises(UserError, match="no input size in its metadata or graph"):
+        resolve_input_size(None, graph_shape=("N", "C", 28, 28))
+
+
+def test_a_fixed_batch_is_checked_whatever_the_other_axes():
+    with pytest.raises(UserError, match="fixed batch size of 1; use --batch 1"):
+        resolve_input_size(8, graph_shape=(1, "C", "H", "W"), batch=4)
