@@ -345,3 +345,11 @@ def test_a_model_without_metadata_is_evaluated_at_its_timing_size(fake_data):
     A.data_metrics([plain(("N", 3, "H", "W"))], "d", None, 0, {"plain": FakeRunner(onehot_logits([0] * 6))},
                    input_size=24)
     assert [load[1] for load in fake_data] == [16, 24]  # the graph's fixed size, else the one asked for
+
+
+def test_a_model_with_metadata_is_evaluated_at_its_training_size(fake_data):
+    """--input-size changes the timing size only; accuracy is measured at the training resolution."""
+    meta = ModelMeta(arch="m", num_classes=3, input_size=[3, 8, 8])
+    A.data_metrics([variant("base", meta=meta)], "d", None, 0, {"base": FakeRunner(onehot_logits([0] * 6))},
+                   input_size=24)
+    assert [load[1] for load in fake_data] == [8]

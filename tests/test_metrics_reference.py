@@ -334,7 +334,10 @@ def test_quantized_scores_rank_like_their_values():
     y = rng.random(80) < 0.4
     y[0] = True
     q = rng.integers(0, 256, 80).astype(np.uint8)
+    q[np.flatnonzero(~y)[:5]] = 0  # the lowest score: -0 is 0 in uint8, which would rank these first
+    assert (q == 0).sum() >= 5
     assert M.average_precision(y, q) == pytest.approx(skm.average_precision_score(y, q.astype(float)))
+    assert M.equal_error_threshold(y, q) == M.equal_error_threshold(y, q.astype(float))
 
 
 def test_class_indices_stored_as_floats():

@@ -31,7 +31,7 @@ class Net(nn.Module):
     residual add) and 'conv3'. conv3's output channel c has weights of size (c + 1), so the L2
     ranking of its channels is known: low indices are the least important."""
 
-    def __init__(self, classes: int = 4):
+    def __init__(self, classes: int = 4, width: int = 24):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -39,17 +39,17 @@ class Net(nn.Module):
         self.bn2 = nn.BatchNorm2d(16)
         self.pw = nn.Conv2d(16, 16, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(16)
-        self.conv3 = nn.Conv2d(16, 24, 1)
-        self.bn4 = nn.BatchNorm2d(24)
-        self.fc = nn.Linear(24, classes)
-        self.num_features = 24
+        self.conv3 = nn.Conv2d(16, width, 1)
+        self.bn4 = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, classes)
+        self.num_features = width
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for bn in (self.bn1, self.bn2, self.bn3, self.bn4):
                 bn.running_mean.uniform_(-0.2, 0.2, generator=g)
                 bn.running_var.uniform_(0.5, 1.5, generator=g)
             signs = torch.randint(0, 2, self.conv3.weight.shape, generator=g) * 2 - 1
-            self.conv3.weight.copy_(signs * torch.arange(1, 25).view(24, 1, 1, 1) * 0.05)
+            self.conv3.weight.copy_(signs * torch.arange(1, width + 1).view(width, 1, 1, 1) * 0.05)
             self.fc.weight.fill_(0.1)
 
     def get_classifier(self):
@@ -785,3 +785,4 @@ def test_search_boundaries_are_inclusive():
     assert [t["ratio"] for t in found.trials] == [0.5, 0.25] and found.ratio == 0.25
     missed = search_ratio(Box(), prune_box, cost, 5.0, max_ratio=0.5)
     assert missed.reached is False
+
