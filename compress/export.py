@@ -168,8 +168,9 @@ def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike, images: torch.Te
                 dynamic_spatial: bool = True) -> float:
     """The largest |ONNX Runtime - PyTorch| logit difference on ``images`` (see
     :func:`_max_abs_diff`); :class:`ExportVerificationError` when it exceeds ``tol`` or is not
-    finite (a NaN anywhere fails)."""
-    max_diff = _max_abs_diff(model, ort_session(onnx_path, threads=1), images, dynamic_spatial)
+    finite (a NaN anywhere fails). PyTorch runs in eval mode (the model's mode is restored)."""
+    with model_mode(model, training=False):
+        max_diff = _max_abs_diff(model, ort_session(onnx_path, threads=1), images, dynamic_spatial)
     if not np.isfinite(max_diff) or max_diff > tol:
         raise ExportVerificationError(
             f"ONNX Runtime differs from PyTorch by {max_diff:.3g} (max abs logit) > tolerance {tol:g}; "

@@ -255,3 +255,17 @@ def test_interpolation_travels_into_onnx_and_old_files_read_as_bilinear(tmp_path
 
     with pytest.raises(ArtifactError, match="interpolation"):
         props_to_meta({**old, "interpolation": json.dumps("sinc")})
+
+
+def test_verify_onnx_compares_in_eval_mode_and_restores_the_mode(tmp_path):
+    """A model handed over in training mode is compared with its eval-mode self (BatchNorm running
+    statistics, as exported), not with batch statistics, and goes back to training mode."""
+    from compress.export import verify_onnx
+
+    model, meta = tiny("mobilenet_v2", width_mult=0.25)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, meta, path, verify=False)
+    model.train()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    assert verify_onnx(model, path, images, tol=TOL) <= TOL
+    assert model.training

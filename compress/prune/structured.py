@@ -94,7 +94,9 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, *, ratio: floa
     ``between_steps(model, step)`` after each step but the last (fine-tuning goes there).
     Criteria that need gradients (Taylor) call ``compute_gradients(model)`` before each step; it
     must accumulate ``.grad`` on the weights (e.g. backward over a few batches).
-    ``max_layer_ratio`` caps the fraction removed from any single layer (global pruning).
+    ``max_layer_ratio`` is torch-pruning's ``max_pruning_ratio``: with ``steps`` > 1, a layer
+    already cut to ``1 - max_layer_ratio`` of its width is not pruned in later steps (within one
+    step it caps nothing).
     Returns ``model``, pruned, in the train/eval mode it had."""
     per_layer = dict(ratio_per_layer or {})
     ratio = _check_ratio(ratio, "pruning ratio", allow_zero=bool(per_layer))
