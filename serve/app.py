@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (predict.router, oip.health, oip.router, ops.health, ops.router):
         app.include_router(router)
+    app.router.routes.insert(0, predict.FastPredictRoute(service))  # plain POST /predict, same answers
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
     _document_request_schemas(app)

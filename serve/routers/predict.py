@@ -1,17 +1,26 @@
-"""``POST /predict`` and ``POST /predict/batch``: image files in, labels with scores out."""
+"""``POST /predict`` and ``POST /predict/batch``: image files in, labels with scores out.
+
+``POST /predict`` is documented and validated by its FastAPI route; :class:`FastPredictRoute`
+answers the plain requests to it with the same code but without FastAPI's per-request
+dependency solving (see there)."""
 from __future__ import annotations
 
+import hmac
+import re
 import time
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.routing import Match, Route, get_route_path
 
 from ..engine import top_predictions
 from ..errors import ServeError
 from ..images import CONTENT_TYPES
 from ..schemas import BatchResponse, ErrorBody, PredictResponse
 from ..service import Service, get_service, read_body, require_api_key, with_timeout
+from ..settings import NAME_RE
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
 
@@ -93,6 +102,12 @@ async def predict(request: Request, service: Service = Depends(get_service), mod
                   k: int | None = KQuery, threshold: float | None = ThresholdQuery):
     """Top-k labels (multiclass, softmax) or every label above the threshold (multilabel, sigmoid),
     with the time spent per stage in `timing_ms` and the `Server-Timing` header."""
+    return await predict_one(request, service, model, k, threshold)
+
+
+async def predict_one(request: Request, service: Service, model: str | None, k: int | None,
+                      threshold: float | None) -> JSONResponse:
+    """``POST /predict`` once its parameters are valid (both routes end here)."""
     start = time.perf_counter()
     m = service.model(model)
 
@@ -110,6 +125,72 @@ async def predict(request: Request, service: Service = Depends(get_service), mod
             "threshold": (threshold or m.info.threshold) if m.info.task == "multilabel" else None,
             "batch_size": result.batch_size, "timing_ms": timing}
     return JSONResponse(body, headers={"Server-Timing": server_timing(timing)})
+
+
+_K_RE = re.compile(r"[1-9][0-9]{0,3}")
+_THRESHOLD_RE = re.compile(r"0?\.[0-9]{1,17}")
+
+
+class FastPredictRoute(Route):
+    """``POST /predict`` without FastAPI's per-request work (solving the dependencies, validating
+    the query with pydantic): ~0.1 ms less per request, a tenth of the HTTP overhead at
+    concurrency 1 (measured A/B in one run). It runs :func:`predict_one` like the documented
+    route, and it takes only requests whose answer cannot differ from that route's: query values
+    in their plain form (``k`` 1-1000 as digits, ``threshold`` a decimal in (0, 1), ``model`` a
+    model name, each at most once) and, with ``--api-key``, exactly ``Authorization: Bearer KEY``
+    (compared in constant time). Anything else — a value FastAPI must validate or reject, a
+    missing or wrong key, another method — does not match here and goes on to the FastAPI route,
+    which answers it as before. It is placed first and left out of the OpenAPI schema, which
+    the FastAPI route describes."""
+
+    def __init__(self, service: Service):
+        super().__init__("/predict", self._endpoint, methods=["POST"], name="predict_fast", include_in_schema=False)
+        self.service = service
+        key = service.settings.api_key
+        self._authorization = None if key is None else b"Bearer " + key.encode("utf-8")
+
+    def matches(self, scope) -> tuple[Match, dict]:
+        if scope["type"] != "http" or scope["method"] != "POST" or get_route_path(scope) != "/predict":
+            return Match.NONE, {}
+        params = self._params(scope["query_string"])
+        if params is None or not self._authorized(scope["headers"]):
+            return Match.NONE, {}
+        return Match.FULL, {"endpoint": self.endpoint, "path_params": {}, "route": self,  # metrics: "/predict"
+                            "serve.predict_params": params}
+
+    @staticmethod
+    def _params(query: bytes) -> tuple[str | None, int | None, float | None] | None:
+        """(model, k, threshold) when every value is in its plain form, else None."""
+        if not query:
+            return None, None, None
+        values: dict[str, str] = {}
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):  # as Starlette does
+            if name in ("model", "k", "threshold"):
+                if name in values:
+                    return None
+                values[name] = value
+        model, k, threshold = values.get("model"), values.get("k"), values.get("threshold")
+        if model is not None and not NAME_RE.fullmatch(model):
+            return None
+        if k is not None:
+            if not _K_RE.fullmatch(k) or int(k) > 1000:
+                return None
+            k = int(k)
+        if threshold is not None:
+            if not _THRESHOLD_RE.fullmatch(threshold) or not 0.0 < float(threshold) < 1.0:
+                return None
+            threshold = float(threshold)
+        return model, k, threshold
+
+    def _authorized(self, headers) -> bool:
+        if self._authorization is None:
+            return True
+        given = [value for name, value in headers if name == b"authorization"]
+        return len(given) == 1 and hmac.compare_digest(given[0], self._authorization)
+
+    async def _endpoint(self, request: Request) -> JSONResponse:
+        model, k, threshold = request.scope["serve.predict_params"]
+        return await predict_one(request, self.service, model, k, threshold)
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY,
