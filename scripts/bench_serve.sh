@@ -10,11 +10,26 @@
 #   2t      1 worker x 2 ONNX Runtime threads, no micro-batching
 #   2t+mb   1 worker x 2 threads, micro-batching (--max-batch 8 --max-wait-ms 2)
 #   2x1t    2 workers x 1 thread, no micro-batching
-# and rounds interleave, per concurrency level (1, 4, 16): in-process (the same decode +
-# preprocess + ORT code, no HTTP, N threads calling one 2-thread session), then each server under
-# `compress loadtest`'s client (aiohttp) for SECONDS. Server RSS (every process of the server) is
-# read from /proc after a 1 s warm-up at each level and again after the last round.
-# Environment: SECONDS_PER_CELL (default 5), ROUNDS (2), LEVELS (1,4,16), BIN (.venv/bin).
+#
+# HTTP overhead at concurrency 1: on a shared machine the load changes from second to second, so
+# the baseline and the servers are interleaved finely — rounds of BLOCK1 seconds (0.1) per job, the
+# jobs of a round in a rotating order, until each job has had SECONDS1 (15) — and each job's
+# latencies are pooled. Jobs: the in-process baseline (the service's own decode + preprocess + ORT
+# code, no HTTP; 2 ORT threads, and 1 thread as the baseline of 2x1t) and every server under two
+# clients: the raw client of `compress loadtest --client raw` (one blocking keep-alive socket:
+# what is left is the server's cost) and the aiohttp client of `compress loadtest` (adds its own
+# 0.2-0.4 ms). A bare uvicorn app answering a constant of the service's answer size gives the
+# floor under each client: loopback, kernel, client and uvicorn's HTTP parsing. Overhead = HTTP
+# p50 - in-process p50 (same ORT threads); its spread is the range over five consecutive fifths
+# of the run. When wrk is installed (apt-get install wrk) it cross-checks the raw client: 1 s of
+# wrk -t1 -c1 then 1 s of the raw client per server, three times.
+#
+# Throughput at the other levels (4, 16): rounds interleave in-process (N threads calling one
+# 2-thread session) and each server under the aiohttp client for SECONDS. Server RSS (every
+# process of the server) is read from /proc after a 1 s warm-up at each level and again after the
+# last round.
+# Environment: SECONDS_PER_CELL (default 5), ROUNDS (2), LEVELS (1,4,16), SECONDS1 (15), BLOCK1
+# (0.1), WRK (the wrk binary, default from PATH; WRK= skips it), BIN (.venv/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,12 +64,14 @@ PY
     "$BIN/compress" export "$OUT/mobilenet_v2_224.safetensors" -o "$IMAGENET_ONNX"
 fi
 
-"$BIN/python" - "$OUT" "$DIGITS_ONNX" "$IMAGENET_ONNX" <<'PY'
+WRK=${WRK-$(command -v wrk || true)}
+"$BIN/python" - "$OUT" "$DIGITS_ONNX" "$IMAGENET_ONNX" "$WRK" <<'PY'
 import asyncio
 import io
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -63,19 +80,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
 from serve.engine import Model
 from serve.images import decode_image
-from serve.loadtest import run_loadtest_async
+from serve.loadtest import RawClient, Tally, header_value, raw_request, run_loadtest_async, run_raw_loadtest
 
-out, digits_onnx, imagenet_onnx = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+out, digits_onnx, imagenet_onnx, wrk = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] or None
 SECONDS = float(os.environ.get("SECONDS_PER_CELL", 5))
 ROUNDS = int(os.environ.get("ROUNDS", 2))
+SECONDS1 = float(os.environ.get("SECONDS1", 15))
+BLOCK1 = float(os.environ.get("BLOCK1", 0.1))
 LEVELS = [int(v) for v in os.environ.get("LEVELS", "1,4,16").split(",")]
 CONFIGS = {"2t": ["--threads", "2"], "2t+mb": ["--threads", "2", "--max-batch", "8", "--max-wait-ms", "2"],
            "2x1t": ["--workers", "2", "--threads", "1"]}
+BASELINE = {"2t": "in-process", "2t+mb": "in-process", "2x1t": "in-process 1t"}  # same ORT threads
+CLIENTS = ["raw", "aiohttp"]
 
 
 def images():
@@ -115,12 +137,9 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def start(onnx: str, name: str, args: list[str]):
-    import httpx
-
+def start(cmd: list[str], what: str):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serve", f"--model={name}={onnx}", "--port", str(port),
-                             "--log-level", "warning", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -129,9 +148,29 @@ def start(onnx: str, name: str, args: list[str]):
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise SystemExit(f"server {args} exited: {proc.stderr.read().decode()[-2000:]}")
+            raise SystemExit(f"server {what} exited: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.1)
-    raise SystemExit(f"server {args} not ready")
+    raise SystemExit(f"server {what} not ready")
+
+
+# The floor: a bare ASGI app under uvicorn (same options as the service: httptools, uvloop, no
+# access log) answering every POST with a constant body of the service's answer size.
+BARE_APP = r'''
+import sys, uvicorn
+size, port = int(sys.argv[1]), int(sys.argv[sys.argv.index("--port") + 1])
+BODY = b"x" * size
+HEAD = [(b"content-type", b"application/json"), (b"content-length", str(size).encode()),
+        (b"server-timing", b"total;dur=0.000")]
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": HEAD})
+    await send({"type": "http.response.body", "body": BODY})
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+'''
 
 
 def in_process(model: Model, data: bytes, concurrency: int, seconds: float) -> dict:
@@ -160,6 +199,148 @@ def in_process(model: Model, data: bytes, concurrency: int, seconds: float) -> d
             "p99_ms": float(np.percentile(a, 99)), "server_p50_ms": None, "overhead_p50_ms": None}
 
 
+WRK_LUA = r'''
+local f = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %.1f %.1f %.1f\n", summary.requests,
+           summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+           + summary.errors.timeout, latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+'''
+
+
+def wrk_level(url: str, body_path: Path, ctype: str, seconds: float) -> dict:
+    """wrk -t1 -c1 (one connection, like the raw client); its percentiles are whole microseconds."""
+    lua = out / "wrk_post.lua"
+    lua.write_text(WRK_LUA)
+    run = subprocess.run([wrk, "-t1", "-c1", f"-d{max(1, round(seconds))}s", "-s", str(lua), url + "/predict"],
+                         capture_output=True, text=True, env={**os.environ, "BENCH_BODY": str(body_path),
+                                                              "BENCH_CTYPE": ctype}, timeout=seconds + 60)
+    m = re.search(r"^RESULT (\d+) (\d+) ([0-9.]+) ([0-9.]+) ([0-9.]+)$", run.stdout, re.M)
+    if run.returncode != 0 or not m:
+        raise SystemExit(f"wrk failed: {run.stdout[-500:]} {run.stderr[-500:]}")
+    n, errors = int(m.group(1)), int(m.group(2))
+    return {"concurrency": 1, "requests": n, "ok": n - errors, "errors": errors, "seconds": seconds,
+            "rps": (n - errors) / seconds, "p50_ms": float(m.group(3)) / 1000, "p95_ms": float(m.group(4)) / 1000,
+            "p99_ms": float(m.group(5)) / 1000, "server_p50_ms": None, "overhead_p50_ms": None}
+
+
+def concurrency_1(models: dict[str, Model], data: bytes, ctype: str, urls: dict[str, str]) -> dict:
+    """Every (setup, client) job and the in-process baselines, interleaved in blocks of BLOCK1 s."""
+    import aiohttp
+
+    loop = asyncio.new_event_loop()
+
+    async def session():
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+
+    raw = {s: RawClient(url) for s, url in urls.items()}
+    requests = {s: raw_request("POST", f"{c.host}:{c.port}", "/predict", data, {"Content-Type": ctype})
+                for s, c in raw.items()}
+    sessions = {s: loop.run_until_complete(session()) for s in urls}
+    jobs = [(s, None) for s in models] + [(s, c) for s in urls for c in CLIENTS]
+    tallies = {job: [Tally() for _ in range(5)] for job in jobs}  # per fifth of the run
+    spent = {job: 0.0 for job in jobs}
+    rounds = max(5, round(SECONDS1 / BLOCK1))
+
+    def in_process_block(model, tally, until):
+        while True:
+            t0 = time.perf_counter()
+            model.run(model.transform(decode_image(data, max_pixels=40_000_000))[None])
+            t1 = time.perf_counter()
+            tally.answer(200, (t1 - t0) * 1000.0, "", b"")
+            if t1 >= until:
+                return
+
+    def raw_block(setup, tally, until):
+        while True:
+            t0 = time.perf_counter()
+            try:
+                status, head, body = raw[setup].request(requests[setup])
+            except OSError as e:
+                tally.error(type(e).__name__)
+            else:
+                tally.answer(status, (time.perf_counter() - t0) * 1000.0, header_value(head, b"server-timing"), body)
+            if time.perf_counter() >= until:
+                return
+
+    async def aiohttp_block(setup, tally, until):
+        while True:
+            t0 = time.perf_counter()
+            try:
+                async with sessions[setup].post(urls[setup] + "/predict", data=data,
+                                                headers={"content-type": ctype}) as r:
+                    body, status, timing = await r.read(), r.status, r.headers.get("server-timing", "")
+            except aiohttp.ClientError as e:
+                tally.error(type(e).__name__)
+            else:
+                tally.answer(status, (time.perf_counter() - t0) * 1000.0, timing, body)
+            if time.perf_counter() >= until:
+                return
+
+    try:
+        for model in models.values():
+            for _ in range(20):
+                model.run(model.transform(decode_image(data, max_pixels=40_000_000))[None])
+        for job in jobs:  # warm every connection
+            for _ in range(20):
+                (setup, client) = job
+                if client == "raw":
+                    raw[setup].request(requests[setup])
+                elif client == "aiohttp":
+                    loop.run_until_complete(aiohttp_block(setup, Tally(), 0))
+        for r in range(rounds):
+            fifth = r * 5 // rounds
+            for setup, client in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+                tally = tallies[(setup, client)][fifth]
+                t0 = time.perf_counter()
+                if client is None:
+                    in_process_block(models[setup], tally, t0 + BLOCK1)
+                elif client == "raw":
+                    raw_block(setup, tally, t0 + BLOCK1)
+                else:
+                    loop.run_until_complete(aiohttp_block(setup, tally, t0 + BLOCK1))
+                spent[(setup, client)] += time.perf_counter() - t0
+            if (r + 1) % max(1, rounds // 5) == 0:
+                print(f"  concurrency 1: {r + 1}/{rounds} rounds", flush=True)
+    finally:
+        for c in raw.values():
+            c.close()
+        for s in sessions.values():
+            loop.run_until_complete(s.close())
+        loop.close()
+
+    result = {}
+    for job, parts in tallies.items():
+        whole = Tally()
+        for part in parts:
+            whole.client_ms += part.client_ms
+            whole.server_ms += part.server_ms
+            whole.overhead_ms += part.overhead_ms
+            for k, v in part.kinds.items():
+                whole.kinds[k] = whole.kinds.get(k, 0) + v
+            for k, v in part.batch_sizes.items():
+                whole.batch_sizes[k] = whole.batch_sizes.get(k, 0) + v
+        cell = whole.result(1, spent[job]).to_dict()
+        cell["fifths_p50_ms"] = [float(np.percentile(p.client_ms, 50)) if p.client_ms else None for p in parts]
+        result[job] = cell
+    return result
+
+
+def wrk_cross_check(urls: dict[str, str], data: bytes, ctype: str, body_path: Path, rounds: int = 3) -> dict:
+    """p50 of wrk -t1 -c1 next to the raw client's, 1 s each, alternating, per server."""
+    runs = {s: {"wrk": [], "raw": []} for s in urls}
+    for _ in range(rounds):
+        for setup, url in urls.items():
+            runs[setup]["wrk"].append(wrk_level(url, body_path, ctype, 1.0)["p50_ms"])
+            runs[setup]["raw"].append(run_raw_loadtest(url, data, ctype, duration=1.0, warmup=2)["levels"][0]["p50_ms"])
+    return {s: {client: float(np.median(v)) for client, v in r.items()} | {"rounds": r} for s, r in runs.items()}
+
+
 def ort_only(model: Model, data: bytes, n: int = 300) -> float:
     x = model.transform(decode_image(data, max_pixels=40_000_000))[None]
     for _ in range(20):
@@ -172,77 +353,129 @@ def ort_only(model: Model, data: bytes, n: int = 300) -> float:
     return float(np.percentile(t, 50))
 
 
+def merge(runs):  # rounds of one cell: sum counts, median of the per-round percentiles
+    return {"requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
+            "rps": float(np.median([r["rps"] for r in runs])),
+            **{k: (float(np.median([r[k] for r in runs])) if runs[0][k] is not None else None)
+               for k in ("p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "overhead_p50_ms")},
+            "rounds": runs}
+
+
 report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                       "load_average_start": os.getloadavg()},
-          "seconds_per_cell": SECONDS, "rounds": ROUNDS, "levels": LEVELS, "configs": CONFIGS, "models": {}}
+          "seconds_per_cell": SECONDS, "rounds": ROUNDS, "levels": LEVELS, "configs": CONFIGS,
+          "concurrency_1": {"seconds_per_job": SECONDS1, "block_s": BLOCK1, "clients": CLIENTS}, "models": {}}
 for name, onnx in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)):
     data, ctype = images()[name]
-    servers = {c: start(onnx, name, args) for c, args in CONFIGS.items()}
+    body_path = out / f"bench_body_{name}"
+    body_path.write_bytes(data)
+    serve = [sys.executable, "-m", "serve", f"--model={name}={onnx}", "--log-level", "warning"]
+    servers = {c: start(serve + args, c) for c, args in CONFIGS.items()}
     try:
         model = Model(name, onnx, threads=2)
+        model_1t = Model(name, onnx, threads=1)
+        sample = httpx.post(servers["2t"][1] + "/predict", content=data, headers={"content-type": ctype}).content
+        servers["bare uvicorn"] = start([sys.executable, "-c", BARE_APP, str(len(sample))], "bare uvicorn")
         # warm every server at every level (1 s each: thread pools, allocator arenas and ONNX
         # Runtime's buffers reach their working size), then read RSS: growth after that is a leak
-        for _, url in servers.values():
-            asyncio.run(run_loadtest_async(url, data, ctype, LEVELS, duration=1.0, warmup=5))
-        rss_before = {c: tree_rss(p.pid) for c, (p, _) in servers.items()}
+        for c in CONFIGS:
+            asyncio.run(run_loadtest_async(servers[c][1], data, ctype, LEVELS, duration=1.0, warmup=5))
+        rss_before = {c: tree_rss(servers[c][0].pid) for c in CONFIGS}
         cells: dict = {}
+        c1: dict = {}
+        wrk_check: dict = {}
+        urls = {c: servers[c][1] for c in [*CONFIGS, "bare uvicorn"]}
+        if 1 in LEVELS:  # the HTTP overhead: every client, finely interleaved with the in-process baseline
+            c1 = concurrency_1({"in-process": model, "in-process 1t": model_1t}, data, ctype, urls)
+            for (setup, client), cell in c1.items():
+                cells[(setup, client, 1)] = [cell]
+            if wrk:
+                wrk_check = wrk_cross_check(urls, data, ctype, body_path)
         for r in range(ROUNDS):
-            for level in LEVELS:
-                cells.setdefault(("in-process", level), []).append(in_process(model, data, level, SECONDS))
-                for c, (_, url) in servers.items():
-                    rep = asyncio.run(run_loadtest_async(url, data, ctype, [level], duration=SECONDS, warmup=2))
-                    cells.setdefault((c, level), []).append(rep["levels"][0])
+            for level in [v for v in LEVELS if v != 1]:
+                cells.setdefault(("in-process", None, level), []).append(in_process(model, data, level, SECONDS))
+                for c in CONFIGS:
+                    rep = asyncio.run(run_loadtest_async(servers[c][1], data, ctype, [level], duration=SECONDS,
+                                                         warmup=2))
+                    cells.setdefault((c, "aiohttp", level), []).append(rep["levels"][0])
                 print(f"{name} round {r + 1} level {level}: " + ", ".join(
-                    f"{c} {cells[(c, level)][-1]['rps']:.0f} req/s" for c in ["in-process", *CONFIGS]), flush=True)
-        rss_after = {c: tree_rss(p.pid) for c, (p, _) in servers.items()}
+                    f"{c} {cells[(c, 'aiohttp' if c in CONFIGS else None, level)][-1]['rps']:.0f} req/s"
+                    for c in ["in-process", *CONFIGS]), flush=True)
+        rss_after = {c: tree_rss(servers[c][0].pid) for c in CONFIGS}
         ort_p50 = ort_only(model, data)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
         for proc, _ in servers.values():
             proc.wait(20)
+        body_path.unlink(missing_ok=True)
 
-    def merge(runs):  # rounds of one cell: sum counts, median of the per-round percentiles
-        return {"requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
-                "rps": float(np.median([r["rps"] for r in runs])),
-                **{k: (float(np.median([r[k] for r in runs])) if runs[0][k] is not None else None)
-                   for k in ("p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "overhead_p50_ms")},
-                "rounds": runs}
-
+    overhead = {}
+    for (setup, client), cell in c1.items():
+        if client is None or setup not in CONFIGS:
+            continue
+        base = c1[(BASELINE[setup], None)]
+        fifths = [h - b for h, b in zip(cell["fifths_p50_ms"], base["fifths_p50_ms"])]
+        overhead[f"{setup}/{client}"] = {"baseline": BASELINE[setup], "p50_minus_in_process_ms":
+                                         cell["p50_ms"] - base["p50_ms"], "fifths_ms": fifths}
     report["models"][name] = {
-        "onnx": onnx, "image_bytes": len(data), "content_type": ctype, "ort_only_p50_ms_2_threads": ort_p50,
+        "onnx": onnx, "image_bytes": len(data), "content_type": ctype, "answer_bytes": len(sample),
+        "ort_only_p50_ms_2_threads": ort_p50,
         "rss_bytes": {c: {"before": rss_before[c], "after": rss_after[c]} for c in CONFIGS},
-        "cells": {f"{c}@{level}": merge(runs) for (c, level), runs in cells.items()}}
+        "overhead_concurrency_1": overhead, "wrk_cross_check_p50_ms": wrk_check,
+        "cells": {f"{s}{'/' + c if c else ''}@{level}": merge(runs) for (s, c, level), runs in cells.items()}}
 report["machine"]["load_average_end"] = os.getloadavg()
 (out / "bench_serve.json").write_text(json.dumps(report, indent=2) + "\n")
 
+fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
 lines = [f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores (shared), load average "
-         f"{report['machine']['load_average_start'][0]:.2f} at start; {ROUNDS} interleaved rounds of "
-         f"{SECONDS:g} s per cell; client (aiohttp) on the same machine.", ""]
+         f"{report['machine']['load_average_start'][0]:.2f} at start, {report['machine']['load_average_end'][0]:.2f} "
+         f"at the end; clients on the same machine.", ""]
 total_requests = total_errors = 0
 for name, m in report["models"].items():
     cells = m["cells"]
     lines += [f"**{name}** ({m['content_type']}, {m['image_bytes']:,} bytes; ORT alone, batch 1, 2 threads: "
-              f"{m['ort_only_p50_ms_2_threads']:.2f} ms p50)", "",
+              f"{m['ort_only_p50_ms_2_threads']:.2f} ms p50)", ""]
+    if 1 in LEVELS:
+        lines += [f"HTTP overhead at concurrency 1 ({SECONDS1:g} s per job in interleaved blocks of {BLOCK1:g} s; "
+                  "overhead = HTTP p50 − in-process p50 with the same ORT threads, and its range over the five "
+                  "fifths of the run):", "",
+                  "| setup | client | p50 ms | p99 ms | in-process p50 ms | overhead p50 ms | over the fifths "
+                  "| server total p50 ms | client − server p50 ms | requests |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for setup in [*CONFIGS, "bare uvicorn"]:
+            for client in CLIENTS:
+                cell, base = cells[f"{setup}/{client}@1"], BASELINE.get(setup)
+                o = m["overhead_concurrency_1"].get(f"{setup}/{client}")
+                spread = f"{min(o['fifths_ms']):.2f} to {max(o['fifths_ms']):.2f}" if o else "-"
+                lines.append(f"| {setup} | {client} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | "
+                             f"{fmt(cells[base + '@1']['p50_ms'] if base else None)} | "
+                             f"{fmt(o['p50_minus_in_process_ms'] if o else None)} | {spread} | "
+                             f"{fmt(cell['server_p50_ms'])} | {fmt(cell['overhead_p50_ms'])} | {cell['requests']:,} |")
+                if setup in CONFIGS:
+                    total_requests += cell["requests"]
+                    total_errors += cell["errors"]
+        if m["wrk_cross_check_p50_ms"]:
+            lines += ["", "wrk -t1 -c1 vs the raw client, p50 ms (1 s each, alternating, median of 3): " + ", ".join(
+                f"{s} {v['wrk']:.2f} vs {v['raw']:.2f}" for s, v in m["wrk_cross_check_p50_ms"].items()) + "."]
+        lines.append("")
+    lines += [f"Throughput (aiohttp client; concurrency 1 from the run above, {ROUNDS} interleaved rounds of "
+              f"{SECONDS:g} s per cell at the other levels):", "",
               "| concurrency | setup | req/s | p50 ms | p99 ms | server p50 ms | client−server p50 ms | errors |",
               "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for level in LEVELS:
         for c in ["in-process", *CONFIGS]:
-            cell = cells[f"{c}@{level}"]
-            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            cell = cells[f"{c}@{level}" if c == "in-process" else f"{c}/aiohttp@{level}"]
             lines.append(f"| {level} | {c} | {cell['rps']:.0f} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | "
                          f"{fmt(cell['server_p50_ms'])} | {fmt(cell['overhead_p50_ms'])} | "
                          f"{cell['errors'] if c != 'in-process' else '-'} |")
-            if c != "in-process":
+            if c != "in-process" and level != 1:
                 total_requests += cell["requests"]
                 total_errors += cell["errors"]
-    base = cells["in-process@1"]["p50_ms"]
-    lines += ["", "HTTP overhead at concurrency 1 (p50 of /predict − p50 in-process): " + ", ".join(
-        f"{c} {cells[f'{c}@1']['p50_ms'] - base:+.2f} ms" for c in CONFIGS) + ".",
-        "Server RSS (all processes) before → after: " + ", ".join(
+    lines += ["", "Server RSS (all processes) before → after: " + ", ".join(
         f"{c} {v['before'] / 2**20:.0f} → {v['after'] / 2**20:.0f} MiB ({(v['after'] / v['before'] - 1) * 100:+.1f}%)"
         for c, v in m["rss_bytes"].items()) + ".", ""]
-lines.append(f"HTTP requests in all: {total_requests:,}, errors: {total_errors}.")
+lines.append(f"HTTP requests to the service in all: {total_requests:,}, errors: {total_errors}.")
 (out / "bench_serve.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -66,8 +66,9 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if len(values) else None
 
 
-class _Tally:
-    """The answers of one level as they come in, then its :class:`LevelResult`."""
+class Tally:
+    """The answers of one level (or one client of an interleaved run) as they come in, then its
+    :class:`LevelResult`."""
 
     def __init__(self) -> None:
         self.client_ms: list[float] = []
@@ -164,7 +165,7 @@ class _Budget:
 
 async def _level(session, url: str, body, concurrency: int, duration: float | None,
                  requests: int | None) -> LevelResult:
-    tally = _Tally()
+    tally = Tally()
     start = time.perf_counter()
     budget = _Budget(duration, requests)
 
@@ -294,7 +295,7 @@ class RawClient:
         return status, head, body
 
 
-def _header(head: bytes, name: bytes) -> str:
+def header_value(head: bytes, name: bytes) -> str:
     for line in head.split(b"\r\n")[1:]:
         key, _, value = line.partition(b":")
         if key.strip().lower() == name:
@@ -354,7 +355,7 @@ def run_raw_loadtest(base_url: str, image: bytes, content_type: str, *, duration
         for _ in range(max(0, warmup - 1)):
             client.request(data)
         rss_before = rss()
-        tally, budget, start = _Tally(), _Budget(duration, requests), time.perf_counter()
+        tally, budget, start = Tally(), _Budget(duration, requests), time.perf_counter()
         while budget.take():
             t0 = time.perf_counter()
             try:
@@ -362,7 +363,7 @@ def run_raw_loadtest(base_url: str, image: bytes, content_type: str, *, duration
             except (OSError, LoadTestError) as e:
                 tally.error(type(e).__name__)
                 continue
-            tally.answer(status, (time.perf_counter() - t0) * 1000.0, _header(head, b"server-timing"), content)
+            tally.answer(status, (time.perf_counter() - t0) * 1000.0, header_value(head, b"server-timing"), content)
         level = tally.result(1, time.perf_counter() - start)
         rss_after = rss()
     finally:
