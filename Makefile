@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # multi-threaded runs several-fold (measured: 294 ms vs 56 ms, MobileNetV2-224 eager, 2 threads).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test test-all demo bench bench-serve serve docker clean mutation
+.PHONY: setup test test-all demo bench bench-serve serve docker clean mutation data
 
 $(BIN)/compress: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,28 @@ demo: setup
 bench: setup
 	BIN=$(BIN) bash scripts/bench_zoo.sh runs/bench_zoo
 	COMPRESS=$(BIN)/compress bash scripts/bench_prune.sh runs/bench_prune
+
+# `make data`: Fashion-MNIST, the data set accuracy claims are measured on (`--data fashion-mnist`).
+# With apt (Debian/Ubuntu) it installs the package dataset-fashion-mnist, whose four IDX files land in
+# /usr/share/datasets/fashion-mnist, where compress looks for them; elsewhere it says what to download.
+# Not part of `make test` (the tests build their own tiny IDX files).
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+APT_GET ?= apt-get
+data:
+	@if [ -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ]; then \
+		echo "fashion-mnist: already installed in $(FASHION_DIR)"; \
+	elif command -v $(APT_GET) >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo $(APT_GET) install -y dataset-fashion-mnist \
+			|| { $$sudo $(APT_GET) update && $$sudo $(APT_GET) install -y dataset-fashion-mnist; }; \
+	else \
+		echo "no apt-get here: download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,"; \
+		echo "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from"; \
+		echo "https://github.com/zalandoresearch/fashion-mnist (data/fashion) into a folder, then pass"; \
+		echo "--data-root FOLDER or set COMPRESS_DATA_ROOT=FOLDER (also for mnist: http://yann.lecun.com/exdb/mnist/,"; \
+		echo "kmnist: https://github.com/rois-codh/kmnist; put each in FOLDER/<name>)"; \
+		exit 1; \
+	fi
 
 # `make serve` serves the demo's model (make demo); SERVE_MODEL=path.onnx PORT=... to change.
 SERVE_MODEL ?= runs/demo/base.onnx

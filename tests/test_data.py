@@ -176,9 +176,9 @@ def test_csv_multiclass_multilabel_and_errors(tmp_path):
 
 def test_unknown_spec_lists_known():
     with pytest.raises(UserError) as e:
-        load_data("mnist")
+        load_data("svhn")
     msg = str(e.value)
-    assert "unknown data set 'mnist'" in msg and "digits" in msg and "imagefolder:PATH" in msg
+    assert "unknown data set 'svhn'" in msg and "digits" in msg and "imagefolder:PATH" in msg
     assert "\n" not in msg
 
 

@@ -7,6 +7,9 @@ Specs
     ``imagefolder:PATH``      one subfolder of images per class (optionally under train/val/test)
     ``csv:PATH``              image path + label(s) per row (multi-label when a row has several)
     ``cifar10``, ``cifar100`` via torchvision (root: ``data_root`` or ``$COMPRESS_DATA_ROOT``)
+    ``fashion-mnist``, ``mnist``, ``kmnist``   the MNIST-format files (IDX, raw or .gz) in ``data_root``,
+                              ``$COMPRESS_DATA_ROOT`` or ``/usr/share/datasets/<name>`` (``make data``)
+    ``idx:PATH``              a folder holding the four standard IDX files; labels "0".."K-1"
 
     bundle = load_data("digits", image_size=32, seed=0)
     loader = make_loader(bundle.train, batch_size=64, shuffle=True, seed=0)

@@ -11,7 +11,8 @@ from ..errors import UserError
 from .datasets import ArrayDataset, DataBundle, IndexSubset
 from .preprocess import INTERPOLATIONS
 
-KNOWN_SPECS = ("digits", "digits-multilabel", "imagefolder:PATH", "csv:PATH", "cifar10", "cifar100")
+KNOWN_SPECS = ("digits", "digits-multilabel", "imagefolder:PATH", "csv:PATH", "cifar10", "cifar100",
+               "fashion-mnist", "mnist", "kmnist", "idx:PATH")
 
 
 def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, *,
@@ -60,6 +61,11 @@ def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, *,
 
         bundle = load_cifar(kind, image_size, seed, root=data_root, interpolation=interpolation or "bilinear",
                             **stats)
+    elif (kind in ("fashion-mnist", "mnist", "kmnist") and not arg) or kind == "idx":
+        from .idx import load_idx_dataset
+
+        bundle = load_idx_dataset(f"idx:{arg}" if kind == "idx" else kind, image_size, seed, root=data_root,
+                                  interpolation=interpolation or "bilinear", **stats)
     else:
         raise UserError(f"unknown data set {spec!r}; known: {', '.join(KNOWN_SPECS)}")
     if train_limit is not None:
@@ -84,8 +90,15 @@ def subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
     if isinstance(dataset, ArrayDataset):
         t = torch.from_numpy(idx)
-        return ArrayDataset(dataset.images[t], dataset.targets[t])
+        return ArrayDataset(_take(dataset.images, t), dataset.targets[t])
     return IndexSubset(dataset, idx)
+
+
+def _take(images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``images[idx]``; channels that are one channel expanded (grey data sets) stay a view."""
+    if images.ndim == 4 and images.shape[1] > 1 and images.stride(1) == 0:
+        return images[:, :1][idx].expand(-1, images.shape[1], -1, -1)
+    return images[idx]
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, *, seed: int = 0,

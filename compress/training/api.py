@@ -55,11 +55,14 @@ class TrainStageConfig(TrainConfig):
                                                     "the torch hub cache (no download); the classifier is "
                                                     "re-initialised for the data's classes")
     data: str = option("digits", group=_D, help="data spec: digits, digits-multilabel, imagefolder:PATH, "
-                                               "csv:PATH, cifar10, cifar100")
+                                               "csv:PATH, cifar10, cifar100, fashion-mnist, mnist, kmnist, "
+                                               "idx:PATH (a folder of the four MNIST-format files)")
     image_size: int = option(32, check=(lambda v: 8 <= v <= 1024, "must be between 8 and 1024"), group=_D,
                              help="square input side in pixels")
     data_seed: int = option(0, group=_D, help="seed of the train/val/test split")
-    data_root: str | None = option(None, group=_D, help="folder for cifar10/cifar100 (default $COMPRESS_DATA_ROOT)")
+    data_root: str | None = option(None, group=_D, help="folder for cifar10/cifar100 and fashion-mnist/mnist/kmnist "
+                                                       "(default $COMPRESS_DATA_ROOT; fashion-mnist also "
+                                                       "/usr/share/datasets, see make data)")
     label_sep: str = option(";", group=_D, help="separator of several labels in a csv cell")
     train_limit: int | None = option(None, check=(lambda v: v >= 1, "must be >= 1"), group=_D,
                                      help="use a seeded subset of this many training samples")
