@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
 
 TASKS = ("multiclass", "multilabel")
+# Training options that fine-tuning stages (prune, distill, ...) take over from the training run.
+AUGMENTATION_KEYS = ("hflip", "crop_padding", "cutout", "label_smoothing")
 
 
 @dataclass
@@ -63,6 +65,15 @@ class ModelMeta:
         kw.setdefault("std", list(cfg.get("std", (0.229, 0.224, 0.225))))
         return cls(arch=arch, arch_kwargs=dict(getattr(model, "arch_kwargs", {})),
                    num_classes=int(model.get_classifier().out_features), **kw)
+
+    def training_augmentation(self) -> dict[str, Any]:
+        """The data augmentation of the last training run recorded in the history (flips, shifts,
+        cutout, label smoothing), for fine-tuning stages to train alike; ``{}`` when none."""
+        for entry in reversed(self.history):
+            config = (entry.get("params") or {}).get("config")
+            if entry.get("stage") == "train" and isinstance(config, dict):
+                return {k: config[k] for k in AUGMENTATION_KEYS if k in config}
+        return {}
 
     def training_data(self) -> dict[str, Any]:
         """The data facts recorded by the last stage that trained on a named data set: ``spec``,

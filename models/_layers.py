@@ -174,6 +174,25 @@ class SequentialFeaturesModel(ClassifierModel):
         self.classifier[-1] = layer
 
 
+SMALL_INPUT_MODES = (False, "stem", True)
+
+
+def input_strides(small_input: bool | str) -> tuple[int, int]:
+    """(stem stride, stride of the first downsampling stage) for a ``small_input`` mode.
+
+    ``False``: the ImageNet layout, total stride 32 (a 32x32 image ends as a 1x1 map).
+    ``"stem"``: only the stem keeps full resolution, total stride 16 (2x2 at 32px, ~1/4 of the
+    compute of ``True`` past the stem). ``True``: the stem and the first downsampling stage keep
+    full resolution, total stride 8 (4x4 at 32px)."""
+    if small_input is True:
+        return 1, 1
+    if small_input is False or small_input is None:
+        return 2, 2
+    if small_input == "stem":
+        return 1, 2
+    raise ValueError(f"small_input must be True, False or 'stem', got {small_input!r}")
+
+
 def default_cfg(input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bilinear") -> dict:
     return {"input_size": (3, input_size, input_size), "mean": tuple(mean), "std": tuple(std),
             "interpolation": interpolation}

@@ -67,7 +67,8 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module
     """Build a registered architecture.
 
     ``kwargs`` go to the builder (``width_mult``, ``act_layer``, ``small_input``, ``drop_rate``,
-    ``drop_path_rate``, ...). They must be JSON-serialisable so the model artifact can store them.
+    ``drop_path_rate``, ...). ``small_input`` is False (ImageNet layout, total stride 32), ``"stem"``
+    (the stem at stride 1: total stride 16) or True (stem and first downsampling at stride 1: 8). They must be JSON-serialisable so the model artifact can store them.
     """
     entry = get_model_entry(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:

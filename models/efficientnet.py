@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ._layers import ConvBNAct, DropPath, SequentialFeaturesModel, SqueezeExcite, default_cfg, init_weights, \
-    make_divisible
+    input_strides, make_divisible
 from ._registry import register_model
 
 
@@ -113,7 +113,7 @@ class EfficientNet(SequentialFeaturesModel):
     """
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, depth_mult: float = 1.0,
-                 act_layer: str = "silu", small_input: bool = False, drop_rate: float = 0.2,
+                 act_layer: str = "silu", small_input: bool | str = False, drop_rate: float = 0.2,
                  drop_path_rate: float = 0.2, in_chans: int = 3, resolution: int = 224):
         super().__init__()
         if width_mult <= 0 or depth_mult <= 0:
@@ -124,7 +124,8 @@ class EfficientNet(SequentialFeaturesModel):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         self.num_classes = num_classes
         stem_ch = scale_channels(STEM_CHANNELS, width_mult)
-        features: list[nn.Module] = [ConvBNAct(in_chans, stem_ch, 3, 1 if small_input else 2, act=act_layer)]
+        stem_stride, first_stride = input_strides(small_input)
+        features: list[nn.Module] = [ConvBNAct(in_chans, stem_ch, 3, stem_stride, act=act_layer)]
 
         repeats = [scale_depth(row.layers, depth_mult) for row in PAPER_TABLE]
         total_blocks = sum(repeats)
@@ -133,7 +134,7 @@ class EfficientNet(SequentialFeaturesModel):
         first_downsampling_stage = next(i for i, row in enumerate(PAPER_TABLE) if row.stride == 2)
         for stage_idx, (row, n) in enumerate(zip(PAPER_TABLE, repeats)):
             out_ch = scale_channels(row.out_ch, width_mult)
-            stride = 1 if small_input and stage_idx == first_downsampling_stage else row.stride
+            stride = first_stride if stage_idx == first_downsampling_stage else row.stride
             stage: list[nn.Module] = []
             for i in range(n):
                 dp = drop_path_rate * block_idx / total_blocks

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._layers import ConvBNAct, SequentialFeaturesModel, check_unused_drop_path, default_cfg, init_weights, make_divisible
+from ._layers import (ConvBNAct, SequentialFeaturesModel, check_unused_drop_path, default_cfg, init_weights,
+                      input_strides, make_divisible)
 from ._registry import register_model
 
 
@@ -63,7 +64,7 @@ class MobileNetV1(SequentialFeaturesModel):
     """
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, act_layer: str = "relu",
-                 small_input: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 small_input: bool | str = False, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  in_chans: int = 3, round_nearest: int = 8):
         super().__init__()
         if width_mult <= 0:
@@ -71,11 +72,11 @@ class MobileNetV1(SequentialFeaturesModel):
         check_unused_drop_path(drop_path_rate, "MobileNetV1")
         self.num_classes = num_classes
         in_ch = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
-        stem_stride = 1 if small_input else 2
+        stem_stride, first_stride = input_strides(small_input)
         features: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stem_stride, act=act_layer)]
         first_downsample = next(i for i, row in enumerate(PAPER_TABLE) if row.s == 2)
         for i, row in enumerate(PAPER_TABLE):
-            stride = 1 if small_input and i == first_downsample else row.s
+            stride = first_stride if i == first_downsample else row.s
             out_ch = make_divisible(row.c * width_mult, round_nearest)
             features.append(DepthwiseSeparable(in_ch, out_ch, stride, act_layer))
             in_ch = out_ch

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._layers import ConvBNAct, DropPath, SequentialFeaturesModel, default_cfg, init_weights, make_divisible
+from ._layers import ConvBNAct, DropPath, SequentialFeaturesModel, default_cfg, init_weights, input_strides, make_divisible
 from ._registry import register_model
 
 
@@ -62,7 +62,7 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(SequentialFeaturesModel):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, act_layer: str = "relu6",
-                 small_input: bool = False, drop_rate: float = 0.2, drop_path_rate: float = 0.0,
+                 small_input: bool | str = False, drop_rate: float = 0.2, drop_path_rate: float = 0.0,
                  in_chans: int = 3, round_nearest: int = 8):
         super().__init__()
         if width_mult <= 0:
@@ -72,7 +72,7 @@ class MobileNetV2(SequentialFeaturesModel):
         last_ch = make_divisible(1280 * max(1.0, width_mult), round_nearest)
         # Small inputs (e.g. 32x32): the stem and the first stride-2 stage keep full resolution,
         # so a 32x32 image ends as a 4x4 map instead of 1x1.
-        stem_stride = 1 if small_input else 2
+        stem_stride, first_stride = input_strides(small_input)
         features: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stem_stride, act=act_layer)]
         total_blocks = sum(r.n for r in PAPER_TABLE)
         block_idx = 0
@@ -80,8 +80,8 @@ class MobileNetV2(SequentialFeaturesModel):
             out_ch = make_divisible(row.c * width_mult, round_nearest)
             for i in range(row.n):
                 stride = row.s if i == 0 else 1
-                if small_input and row_idx == 1 and i == 0:
-                    stride = 1
+                if row_idx == 1 and i == 0:
+                    stride = first_stride
                 dp = drop_path_rate * block_idx / max(1, total_blocks - 1)
                 features.append(InvertedResidual(in_ch, out_ch, stride, row.t, act_layer, dp))
                 in_ch = out_ch

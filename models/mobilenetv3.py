@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ._layers import (ClassifierModel, ConvBNAct, DropPath, SqueezeExcite, default_cfg, get_act, global_pool,
-                      init_weights, make_divisible)
+                      init_weights, input_strides, make_divisible)
 from ._registry import register_model
 
 # TensorFlow's BatchNorm defaults, used by the paper's models and by torchvision's port.
@@ -116,7 +116,7 @@ class MobileNetV3(ClassifierModel):
     """
 
     def __init__(self, table: tuple[BneckRow, ...], head_channels: int, num_classes: int = 1000,
-                 width_mult: float = 1.0, act_layer: str | None = None, small_input: bool = False,
+                 width_mult: float = 1.0, act_layer: str | None = None, small_input: bool | str = False,
                  drop_rate: float = 0.2, drop_path_rate: float = 0.0, in_chans: int = 3, round_nearest: int = 8):
         super().__init__()
         if width_mult <= 0:
@@ -132,11 +132,11 @@ class MobileNetV3(ClassifierModel):
             return make_divisible(channels * width_mult, round_nearest)
 
         in_ch = scaled(STEM_CHANNELS)
-        stem_stride = 1 if small_input else 2
+        stem_stride, first_stride = input_strides(small_input)
         features: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stem_stride, act=act_for("HS"))]
         first_downsample = next(i for i, row in enumerate(table) if row.s == 2)
         for i, row in enumerate(table):
-            stride = 1 if small_input and i == first_downsample else row.s
+            stride = first_stride if i == first_downsample else row.s
             dp = drop_path_rate * i / max(1, len(table) - 1)
             out_ch = scaled(row.out)
             features.append(InvertedResidual(in_ch, scaled(row.exp), out_ch, row.k, stride, row.se,

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._layers import (ClassifierModel, ConvBNAct, SqueezeExcite, check_unused_drop_path, default_cfg, get_act,
-                      init_weights, make_divisible)
+                      init_weights, input_strides, make_divisible)
 from ._registry import register_model
 
 
@@ -74,7 +74,7 @@ class PPLCNet(ClassifierModel):
     """
 
     def __init__(self, scale: float = 1.0, num_classes: int = 1000, act_layer: str = "hardswish",
-                 small_input: bool = False, drop_rate: float = 0.2, drop_path_rate: float = 0.0,
+                 small_input: bool | str = False, drop_rate: float = 0.2, drop_path_rate: float = 0.0,
                  in_chans: int = 3, round_nearest: int = 8):
         super().__init__()
         if scale <= 0:
@@ -82,11 +82,11 @@ class PPLCNet(ClassifierModel):
         check_unused_drop_path(drop_path_rate, "PP-LCNet")
         self.num_classes = num_classes
         in_ch = make_divisible(STEM_CHANNELS * scale, round_nearest)
-        stem_stride = 1 if small_input else 2
+        stem_stride, first_stride = input_strides(small_input)
         features: list[nn.Module] = [ConvBNAct(in_chans, in_ch, 3, stem_stride, act=act_layer)]
         first_downsample = next(i for i, row in enumerate(PAPER_TABLE) if row.s == 2)
         for i, row in enumerate(PAPER_TABLE):
-            stride = 1 if small_input and i == first_downsample else row.s
+            stride = first_stride if i == first_downsample else row.s
             out_ch = make_divisible(row.c * scale, round_nearest)
             features.append(DepthwiseSeparable(in_ch, out_ch, row.k, stride, row.se, act_layer))
             in_ch = out_ch

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ._layers import ClassifierModel, DropPath, default_cfg, get_act, global_pool, init_weights
+from ._layers import ClassifierModel, DropPath, default_cfg, get_act, global_pool, init_weights, input_strides
 from ._registry import register_model
 
 
@@ -97,11 +97,12 @@ def paper_stages(blocks: tuple[int, int, int, int]) -> tuple[StageRow, ...]:
 
 class ResNet(ClassifierModel):
     """ResNet with the ImageNet stem (7x7/2 conv + 3x3/2 max-pool) or, with ``small_input=True``,
-    the CIFAR stem (3x3/1 conv, no max-pool) so a 32x32 image ends as a 4x4 map.
+    the CIFAR stem (3x3/1 conv, no max-pool) so a 32x32 image ends as a 4x4 map; with
+    ``small_input="stem"`` a 3x3/1 conv and the max-pool (total stride 16, a 2x2 map at 32px).
     ``drop_rate`` is dropout before ``fc`` (0 in the paper)."""
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], blocks: tuple[int, int, int, int],
-                 num_classes: int = 1000, act_layer: str = "relu", small_input: bool = False,
+                 num_classes: int = 1000, act_layer: str = "relu", small_input: bool | str = False,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, in_chans: int = 3):
         super().__init__()
         if not 0.0 <= drop_rate < 1.0:
@@ -110,13 +111,14 @@ class ResNet(ClassifierModel):
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         self.num_classes = num_classes
         stem_ch = 64
-        if small_input:
+        stem_stride, pool_stride = input_strides(small_input)
+        if stem_stride == 1:
             self.conv1 = nn.Conv2d(in_chans, stem_ch, 3, 1, padding=1, bias=False)
         else:
             self.conv1 = nn.Conv2d(in_chans, stem_ch, 7, 2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_ch)
         self.act = get_act(act_layer)
-        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, padding=1)
+        self.maxpool = nn.Identity() if pool_stride == 1 else nn.MaxPool2d(3, 2, padding=1)
 
         stages = paper_stages(blocks)
         total_blocks = sum(r.n for r in stages)

@@ -109,12 +109,13 @@ def gradient_fn(bundle, task: str, batches: int = 4, batch_size: int = 32) -> Ca
     return compute
 
 
-def loop_config(cfg: PruneConfig, epochs: int):
-    """The training loop's settings for fine-tuning ``epochs`` epochs (no warm-up)."""
+def loop_config(cfg: PruneConfig, epochs: int, augmentation: dict[str, Any] | None = None):
+    """The training loop's settings for fine-tuning ``epochs`` epochs (no warm-up), with the
+    training run's ``augmentation`` (:meth:`ModelMeta.training_augmentation`)."""
     from ..training.config import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_epochs=0.0, seed=cfg.seed,
-                       max_steps_per_epoch=cfg.max_steps_per_epoch)
+                       max_steps_per_epoch=cfg.max_steps_per_epoch, **(augmentation or {}))
 
 
 @dataclass
@@ -134,8 +135,8 @@ class _Job:
     def tune(self, epochs: int, after_step=None) -> dict:
         from .recovery import finetune
 
-        return finetune(self.model, self.bundle, loop_config(self.cfg, epochs), criterion=self.criterion,
-                        after_step=after_step, progress=self.progress)
+        return finetune(self.model, self.bundle, loop_config(self.cfg, epochs, self.meta.training_augmentation()),
+                        criterion=self.criterion, after_step=after_step, progress=self.progress)
 
 
 def _prepare(model_path: Path, cfg: PruneConfig, log: Log, progress: bool) -> _Job:
@@ -228,7 +229,8 @@ def _unstructured(job: _Job) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.finetune:
         job.log(f"gradual magnitude pruning to {cfg.sparsity:g} over {cfg.finetune} epoch(s) ...")
         extra["finetune_metrics"] = gradual_sparse_finetune(
-            job.model, job.bundle, loop_config(cfg, cfg.finetune), cfg.sparsity, global_scope=cfg.global_pruning,
+            job.model, job.bundle, loop_config(cfg, cfg.finetune, job.meta.training_augmentation()), cfg.sparsity,
+            global_scope=cfg.global_pruning,
             ignored_layers=cfg.ignore, criterion=job.criterion, progress=job.progress)
     else:
         prune_magnitude(job.model, cfg.sparsity, global_scope=cfg.global_pruning, ignored_layers=cfg.ignore)
