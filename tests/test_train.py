@@ -289,3 +289,33 @@ def test_kd_loss_uses_the_given_hard_loss_and_soft_targets():
     mixed = 0.3 * F.one_hot(y, 4).float() + 0.7 * F.one_hot(y.flip(0), 4).float()
     expected = -(mixed * F.log_softmax(s, 1)).sum(1).mean()
     assert float(kd_loss(s, t, mixed, alpha=0.0)) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_layout_during_training_and_plain_afterwards(tiny_digits, tmp_path, channels_last):
+    """--channels-last trains with NHWC weights (oneDNN's fast path) and hands back plain
+    contiguous weights that save as they are; off keeps NCHW throughout."""
+    from compress.artifact import save_model
+    from compress.meta import ModelMeta
+
+    torch.manual_seed(0)
+    model = _tiny_model()
+    seen = []
+
+    def probe(m):
+        w = next(p for p in m.parameters() if p.ndim == 4 and p.shape[-1] > 1 and p.shape[1] > 1)
+        seen.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+
+    cfg = TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2, channels_last=channels_last, bn_recalibrate=0)
+    fit(model, tiny_digits, cfg, after_step=probe)
+    assert seen == [channels_last] * 2
+    assert all(p.is_contiguous() for p in model.parameters())
+    save_model(model, tmp_path / "m.safetensors", ModelMeta.for_model(model, input_size=[3, 16, 16]))
+
+
+def test_channels_last_defaults_to_on_for_cpu():
+    from compress.training.loop import _channels_last
+
+    assert _channels_last(TrainConfig(), torch.device("cpu")) is True
+    assert _channels_last(TrainConfig(), torch.device("cuda")) is False
+    assert _channels_last(TrainConfig(channels_last=False), torch.device("cpu")) is False

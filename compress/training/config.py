@@ -56,6 +56,10 @@ class TrainConfig(StageConfig):
     seed: int = option(0, group=_T, help="seed of weight initialisation, data order, augmentation and dropout")
     amp: str = option("auto", choices=AMP_MODES, group=_T,
                       help="mixed precision: auto = fp16 on CUDA, off on CPU")
+    channels_last: bool | None = option(None, group=_T,
+                                        help="train in the channels-last memory layout (default: on for CPU, "
+                                             "where oneDNN's convolutions run it about 2x faster here; "
+                                             "the saved weights are the same layout-free tensors)")
     device: str = option("auto", group=_T, help="auto, cpu, cuda, cuda:N")
     num_workers: int = option(0, check=_at_least_0, flag="--workers", group=_T,
                               help="data loader worker processes")

@@ -107,6 +107,7 @@ class _Run:
     callback: TrainCallback
     ctx: D.DistributedContext
     after_step: Callable[[nn.Module], None] | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
     global_step: int = 0
 
 
@@ -155,6 +156,7 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         target = F.one_hot(y.long(), run.bundle.num_classes).float() if multiclass and run.augment.mixes else y
         x, target = run.augment(x, target)
+        x = x.contiguous(memory_format=run.memory_format)
         logits, loss = _step(run, x, target, epoch, step)
         loss_sum += float(loss) * x.shape[0]
         seen += x.shape[0]
@@ -197,7 +199,8 @@ def _prepare(model: nn.Module, bundle, cfg: TrainConfig, criterion: Criterion | 
     device = resolve_device(cfg.device, ctx.local_rank)
     ctx = D.init_distributed(device.type)
     seed_everything(cfg.seed + ctx.rank)  # different augmentation draws per process
-    model.to(device)
+    memory_format = torch.channels_last if _channels_last(cfg, device) else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     batch = max(1, cfg.batch_size // ctx.world_size)
     loader = make_loader(bundle.train, batch, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
                          drop_last=len(bundle.train) // ctx.world_size > batch, distributed=ctx.enabled)
@@ -214,7 +217,11 @@ def _prepare(model: nn.Module, bundle, cfg: TrainConfig, criterion: Criterion | 
                 augment=BatchAugment(cfg.crop_padding, cfg.hflip, cfg.cutout, cfg.mixup, cfg.cutmix, cfg.mix_prob),
                 autocast=autocast, scaler=scaler,
                 callback=(callback or TrainCallback()) if ctx.is_main else TrainCallback(), ctx=ctx,
-                after_step=after_step)
+                after_step=after_step, memory_format=memory_format)
+
+
+def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    return device.type == "cpu" if cfg.channels_last is None else cfg.channels_last
 
 
 def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
@@ -262,6 +269,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
     finally:
         run.criterion.teardown()
         D.close_distributed(run.ctx)
+    model.to(memory_format=torch.contiguous_format)  # plain layout for saving and export
     best.restore(model)
     model.eval()
     seconds = time.time() - started
