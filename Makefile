@@ -4,9 +4,10 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 OUT     ?= runs/demo
 PYTEST_ARGS ?=
-# PyTorch's OpenMP workers busy-wait by default; on a shared 2-core machine that slows
-# multi-threaded runs several-fold (measured: 294 ms vs 56 ms, MobileNetV2-224 eager, 2 threads).
-export OMP_WAIT_POLICY ?= PASSIVE
+# OMP_WAIT_POLICY is left to each command: `compress bench` sets PASSIVE unless you set it (busy-
+# waiting OpenMP workers slowed 2-thread eager inference on the shared 2-core machine 294 ms vs
+# 56 ms with ACTIVE vs PASSIVE), while training runs 1.36x faster with OpenMP's own default than
+# with PASSIVE (404 vs 298 img/s, scripts/train_speed.py --modes stem --size 28 --batch 64).
 
 .PHONY: setup test test-all demo bench bench-serve serve docker clean mutation data
 
