@@ -43,12 +43,6 @@ def onnx_macs(path: str | os.PathLike, size: tuple[int, int, int]) -> int | None
     """MACs per image counted from the graph: Conv (output elements x input channels per group x
     kernel area), Gemm / MatMul (output elements x inner dimension), and their quantized forms.
     Shapes come from ONNX shape inference at batch 1 and ``size``; ``None`` if that fails."""
-    per_node = node_macs(path, size)
-    return None if per_node is None else sum(per_node.values())
-
-
-def node_macs(path: str | os.PathLike, size: tuple[int, int, int]) -> dict[str, int] | None:
-    """{node name: MACs per image} of every Conv / Gemm / MatMul node (see :func:`onnx_macs`)."""
     import onnx
     from onnx import shape_inference
 
@@ -74,8 +68,8 @@ def node_macs(path: str | os.PathLike, size: tuple[int, int, int]) -> dict[str, 
         shapes[init.name] = list(init.dims)
     weight_input = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "Gemm": 1, "MatMul": 1,
                     "MatMulInteger": 1, "QLinearMatMul": 3}
-    macs: dict[str, int] = {}
-    for i, node in enumerate(inferred.graph.node):
+    total = 0
+    for node in inferred.graph.node:
         if node.op_type not in weight_input:
             continue
         out = shapes.get(node.output[0])
@@ -84,11 +78,10 @@ def node_macs(path: str | os.PathLike, size: tuple[int, int, int]) -> dict[str, 
             return None
         out_elems = int(np.prod(out[1:])) if len(out) > 1 else int(np.prod(out))
         if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            n = out_elems * int(np.prod(w[1:]))
+            total += out_elems * int(np.prod(w[1:]))
         elif node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            n = out_elems * (w[1] if trans_b else w[0])
+            total += out_elems * (w[1] if trans_b else w[0])
         else:
-            n = out_elems * w[-2]
-        macs[node.name or f"{node.op_type}_{i}"] = n
-    return macs
+            total += out_elems * w[-2]
+    return total

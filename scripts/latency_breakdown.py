@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections import defaultdict
@@ -23,26 +24,27 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def kinds(onnx_path: Path) -> dict[str, str]:
-    """{node name: kind} for the graph's Conv/Gemm nodes: stem/full conv, depthwise, pointwise."""
-    import onnx
-
-    proto = onnx.load(str(onnx_path))
-    inits = {i.name: list(i.dims) for i in proto.graph.initializer}
-    out = {}
-    for node in proto.graph.node:
-        if node.op_type == "Conv":
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            w = inits.get(node.input[1], [0, 0, 0, 0])
-            out[node.name] = "depthwise conv" if group > 1 and w[1] == 1 else \
-                ("pointwise (1x1) conv" if w[2:] == [1, 1] else "full conv (stem)")
-        elif node.op_type in ("Gemm", "MatMul"):
-            out[node.name] = "classifier (Gemm)"
-    return out
+def kind_and_macs(args: dict) -> tuple[str, int]:
+    """The kind of an ORT kernel event (conv by its weight's shape) and its MACs per image."""
+    op = args.get("op_name", "?")
+    shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    out = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
+    if op in ("Conv", "FusedConv", "NhwcFusedConv") and len(shapes) > 1 and len(shapes[1]) == 4 and out:
+        w = shapes[1]
+        macs = int(np.prod(w)) * int(out[0][2]) * int(out[0][3])
+        kind = "depthwise conv" if w[1] == 1 and w[2] > 1 else \
+            ("pointwise (1x1) conv" if w[2:] == [1, 1] else "full conv (stem)")
+        return kind, macs
+    if op in ("Gemm", "FusedGemm", "MatMul") and len(shapes) > 1:
+        return "classifier (Gemm)", int(np.prod(shapes[1]))
+    return f"other: {op}", 0
 
 
-def profile(paths: list[Path], size: int, runs: int, threads: int) -> list[dict[str, float]]:
-    """Per model: {ORT node name: mean kernel µs per run}, plus the end-to-end median ms."""
+def profile(paths: list[Path], size: int, runs: int, threads: int) -> list[dict]:
+    """Per model: {kind: [mean kernel µs per run, MACs per image, nodes]} and the end-to-end
+    median ms (key ``wall_ms``), the models run alternately with ORT's profiler on."""
+    import time
+
     import onnxruntime as ort
 
     sessions = []
@@ -54,25 +56,27 @@ def profile(paths: list[Path], size: int, runs: int, threads: int) -> list[dict[
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions.append(ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]))
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    import time
-
+    warmup = 20
     walls: list[list[float]] = [[] for _ in paths]
-    for i in range(runs + 20):
+    for i in range(runs + warmup):
         for k, s in enumerate(sessions):
             t = time.perf_counter()
             s.run(None, {s.get_inputs()[0].name: x})
-            if i >= 20:
+            if i >= warmup:
                 walls[k].append((time.perf_counter() - t) * 1e3)
     result = []
     for k, s in enumerate(sessions):
-        events = json.loads(Path(s.end_profiling()).read_text())
-        node_us: dict[str, list[float]] = defaultdict(list)
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                node_us[(e["name"][:-len("_kernel_time")], e["args"].get("op_name", "?"))].append(e["dur"])
-        per = {key: float(np.sum(v[-runs * 1:]) / runs) for key, v in node_us.items()}  # the timed runs
-        per["__wall_ms__"] = float(np.median(walls[k]))
-        result.append(per)
+        events = [e for e in json.loads(Path(s.end_profiling()).read_text())
+                  if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        per_run = len(events) // (runs + warmup)
+        rows: dict = defaultdict(lambda: [0.0, 0, 0])
+        for j, e in enumerate(events[warmup * per_run:]):
+            kind, macs = kind_and_macs(e.get("args", {}))
+            rows[kind][0] += e["dur"] / runs
+            if j < per_run:  # one run's worth of nodes
+                rows[kind][1] += macs
+                rows[kind][2] += 1
+        result.append({"kinds": dict(rows), "wall_ms": float(np.median(walls[k]))})
     return result
 
 
@@ -85,42 +89,39 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     from compress.artifact import load_model
-    from compress.onnx_graph import node_macs
     from compress.prune.measure import export_for_timing, imagenet_stem_twin
+    from compress.runtime import time_onnx_interleaved
 
     with tempfile.TemporaryDirectory(prefix="breakdown-") as tmp:
-        paths, kind_maps, macs = [], [], []
+        paths = []
         for name, src in (("before", a.before), ("after", a.after)):
             model, meta = load_model(src)
             if a.imagenet_stem:
                 model, meta = imagenet_stem_twin(model, meta)
-            p = export_for_timing(model.eval(), meta, a.size, Path(tmp) / f"{name}.onnx")
-            paths.append(p)
-            kind_maps.append(kinds(p))
-            macs.append(node_macs(p, (3, a.size, a.size)) or {})
+            paths.append(export_for_timing(model.eval(), meta, a.size, Path(tmp) / f"{name}.onnx"))
+        plain = time_onnx_interleaved(paths, a.size, batch=1, threads=a.threads, runs=a.runs)
         profiles = profile(paths, a.size, a.runs, a.threads)
-    rows: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0, 0, 0, 0])  # us b/a, macs b/a, nodes b/a
-    for k in (0, 1):
-        for (node, op), us in ((key, v) for key, v in profiles[k].items() if key != "__wall_ms__"):
-            kind = kind_maps[k].get(node) or f"other: {op}"
-            rows[kind][k] += us
-            rows[kind][4 + k] += 1
-        for node, m in macs[k].items():
-            rows[kind_maps[k].get(node, "other")][2 + k] += m
-    total = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
-    print("| kind | ms before | ms after | time ratio | MMACs before | MMACs after | MACs ratio | share of time after |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for kind, r in sorted(rows.items(), key=lambda kv: -kv[1][0]):
-        tr = f"{r[1] / r[0]:.2f}x" if r[0] else "-"
-        mr = f"{r[3] / r[2]:.2f}x" if r[2] else "-"
-        print(f"| {kind} | {r[0] / 1e3:.3f} | {r[1] / 1e3:.3f} | {tr} | {r[2] / 1e6:.1f} | {r[3] / 1e6:.1f} | {mr} | "
-              f"{r[1] / total[1]:.0%} |")
-    mt = [sum(macs[0].values()), sum(macs[1].values())]
-    print(f"| all kernels | {total[0] / 1e3:.3f} | {total[1] / 1e3:.3f} | {total[1] / total[0]:.2f}x | "
+    kinds = sorted(set(profiles[0]["kinds"]) | set(profiles[1]["kinds"]),
+                   key=lambda k: -profiles[0]["kinds"].get(k, [0])[0])
+    zero = [0.0, 0, 0]
+    total = [sum(r[0] for r in p["kinds"].values()) for p in profiles]
+    print("| kind | nodes | ms before | ms after | time ratio | MMACs before | MMACs after | MACs ratio | "  # MACs as ORT runs them
+          "share of time after |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind in kinds:
+        b, f = profiles[0]["kinds"].get(kind, zero), profiles[1]["kinds"].get(kind, zero)
+        tr = f"{f[0] / b[0]:.2f}x" if b[0] else "-"
+        mr = f"{f[1] / b[1]:.2f}x" if b[1] else "-"
+        print(f"| {kind} | {b[2]} | {b[0] / 1e3:.3f} | {f[0] / 1e3:.3f} | {tr} | {b[1] / 1e6:.1f} | {f[1] / 1e6:.1f} | "
+              f"{mr} | {f[0] / total[1]:.0%} |")
+    mt = [sum(r[1] for r in p["kinds"].values()) for p in profiles]
+    print(f"| all kernels | | {total[0] / 1e3:.3f} | {total[1] / 1e3:.3f} | {total[1] / total[0]:.2f}x | "
           f"{mt[0] / 1e6:.1f} | {mt[1] / 1e6:.1f} | {mt[1] / mt[0]:.2f}x | |")
-    w = [profiles[0]["__wall_ms__"], profiles[1]["__wall_ms__"]]
-    print(f"\nend to end (median of {a.runs} interleaved runs, {a.threads} threads, profiler on): "
-          f"{w[0]:.3f} → {w[1]:.3f} ms ({w[1] / w[0]:.2f}x)")
+    w = [profiles[0]["wall_ms"], profiles[1]["wall_ms"]]
+    print(f"\nend to end, median of {a.runs} interleaved runs, batch 1, {a.threads} threads: "
+          f"{plain[0].p50_ms:.3f} → {plain[1].p50_ms:.3f} ms ({plain[1].p50_ms / plain[0].p50_ms:.2f}x); "
+          f"with the profiler on {w[0]:.3f} → {w[1]:.3f} ms ({w[1] / w[0]:.2f}x)")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 
