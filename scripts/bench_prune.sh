@@ -14,7 +14,7 @@
 #    keep the run to minutes on a shared 2-core machine.
 #
 # DATA=fashion-mnist (`make data` first) runs part 1 on Fashion-MNIST (10,000 test images): the
-# base is trained with the data set's recipe (`compress train --model mobilenet_v2 --data
+# base is trained with the data set's preset (`compress train --model mobilenet_v2 --data
 # fashion-mnist`, ~17 min here) unless OUT/mnv2.safetensors exists, FINETUNE (default 6; 3 for
 # fashion-mnist) distilled epochs; part 2 runs for digits only (R18=1 forces it).
 set -euo pipefail

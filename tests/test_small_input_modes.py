@@ -1,5 +1,5 @@
 """The three stride layouts for small images (``small_input`` False / "stem" / True) in every
-architecture, and the per-data-set training recipes that pick one."""
+architecture, and the per-data-set training presets that pick one."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 from compress.errors import UserError
 from compress.training.api import TrainStageConfig
-from compress.training.recipes import RECIPES, describe
+from compress.training.presets import PRESETS, describe
 from models import create_model, list_models
 from models._profile import model_cost
 
@@ -38,34 +38,34 @@ def test_unknown_mode_is_an_error(bad):
         create_model("mobilenet_v2", num_classes=3, small_input=bad)
 
 
-def test_recipe_fills_only_what_the_user_did_not_set():
-    recipe = RECIPES["fashion-mnist"]
-    cfg = TrainStageConfig.with_recipe({"data": "fashion-mnist", "epochs": 1, "hflip": False})
+def test_preset_fills_only_what_the_user_did_not_set():
+    preset = PRESETS["fashion-mnist"]
+    cfg = TrainStageConfig.with_preset({"data": "fashion-mnist", "epochs": 1, "hflip": False})
     assert cfg.epochs == 1 and cfg.hflip is False                      # given wins
-    assert cfg.lr == recipe["lr"] and cfg.batch_size == recipe["batch_size"]
+    assert cfg.lr == preset["lr"] and cfg.batch_size == preset["batch_size"]
     assert cfg.arch_kwargs()["small_input"] == "stem"
-    assert "epochs" not in cfg.recipe_applied and cfg.recipe_applied["lr"] == recipe["lr"]
+    assert "epochs" not in cfg.preset_applied and cfg.preset_applied["lr"] == preset["lr"]
 
 
-def test_no_recipe_for_digits_or_when_turned_off():
+def test_no_preset_for_digits_or_when_turned_off():
     plain = TrainStageConfig().validate()
-    for given in ({"data": "digits"}, {"data": "fashion-mnist", "recipe": "none"}):
-        cfg = TrainStageConfig.with_recipe(given)
-        assert cfg.recipe_applied == {}
+    for given in ({"data": "digits"}, {"data": "fashion-mnist", "preset": "none"}):
+        cfg = TrainStageConfig.with_preset(given)
+        assert cfg.preset_applied == {}
         assert (cfg.epochs, cfg.lr, cfg.batch_size) == (plain.epochs, plain.lr, plain.batch_size)
-    assert TrainStageConfig.with_recipe({"data": "digits"}).arch_kwargs()["small_input"] is True
+    assert TrainStageConfig.with_preset({"data": "digits"}).arch_kwargs()["small_input"] is True
 
 
-def test_recipe_through_the_command_line_and_yaml_keys():
+def test_preset_through_the_command_line_and_yaml_keys():
     import argparse
 
     p = argparse.ArgumentParser()
     TrainStageConfig.add_arguments(p)
     cfg = TrainStageConfig.from_args(p.parse_args(["--data", "fashion-mnist", "--lr", "0.5", "--small-input", "on"]))
     assert cfg.lr == 0.5 and cfg.arch_kwargs()["small_input"] is True
-    assert cfg.epochs == RECIPES["fashion-mnist"]["epochs"]
+    assert cfg.epochs == PRESETS["fashion-mnist"]["epochs"]
     cfg = TrainStageConfig.from_dict({"data": "fashion-mnist", "batch_size": 7})
-    assert cfg.batch_size == 7 and cfg.epochs == RECIPES["fashion-mnist"]["epochs"]
+    assert cfg.batch_size == 7 and cfg.epochs == PRESETS["fashion-mnist"]["epochs"]
     with pytest.raises(UserError, match="small-input"):
         TrainStageConfig.from_dict({"data": "digits", "small_input": "half"})
 
@@ -77,7 +77,7 @@ def test_describe_spells_the_flags():
 
 
 def test_finetuning_takes_the_training_runs_augmentation():
-    """A model trained with flips (the fashion-mnist recipe) is fine-tuned with flips after pruning;
+    """A model trained with flips (the fashion-mnist preset) is fine-tuned with flips after pruning;
     one trained without them (digits) is not. Later stages win over earlier ones."""
     from compress.meta import ModelMeta
     from compress.prune.api import loop_config

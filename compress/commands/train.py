@@ -7,13 +7,13 @@ OUT.log. Prints validation and test metrics as a short table.
 Data: digits (default, embedded), digits-multilabel, fashion-mnist, mnist, kmnist, idx:PATH,
 imagefolder:PATH, csv:PATH, cifar10, cifar100. Images of 64 px or less use the models' small-input
 layout (--small-input on: total stride 8) unless --small-input stem (stride 16) or off is given.
-fashion-mnist, mnist and kmnist come with a recipe (epochs, schedule, stride layout, ...) printed at
-the start: any flag given overrides it, --recipe none turns it off.
+fashion-mnist, mnist and kmnist come with a preset (epochs, schedule, stride layout, ...) printed at
+the start: any flag given overrides it, --preset none turns it off.
 
     compress train --model mobilenet_v2 --data digits -o base.safetensors
     compress train --model resnet18 --data imagefolder:./photos --image-size 64 --epochs 40 -o r18.safetensors
     compress train --model mobilenet_v2 --data digits-multilabel -o ml.safetensors
-    compress train --model mobilenet_v2 --data fashion-mnist -o fmnist.safetensors   (its recipe; `make data` first)
+    compress train --model mobilenet_v2 --data fashion-mnist -o fmnist.safetensors   (its preset; `make data` first)
     torchrun --nproc_per_node 2 -m compress train --data digits -o ddp.safetensors   (DistributedDataParallel)
 """
 from __future__ import annotations

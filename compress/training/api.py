@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from ..config import option
 from ..errors import UserError
 from .config import TrainConfig
-from .recipes import RECIPE_CHOICES
+from .presets import PRESET_CHOICES
 
 SMALL_INPUT_MAX = 64  # pixels: at or below this the reduced-stride stem is used by default
 SMALL_INPUT_MODES = {"on": True, "stem": "stem", "off": False}  # --small-input → the builders' keyword
@@ -52,7 +52,7 @@ class TrainStageConfig(TrainConfig):
                                           "stride 1 (total stride 8), stem = only the stem (total stride 16, "
                                           "~1/4 of the compute), off = the ImageNet layout (stride 32) "
                                           f"(default: on when --image-size <= {SMALL_INPUT_MAX}, or the "
-                                          "data set's recipe)")
+                                          "data set's preset)")
     drop_rate: float | None = option(None, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), group=_M,
                                      help="dropout before the classifier")
     drop_path: float | None = option(None, check=(lambda v: 0 <= v < 1, "must be in [0, 1)"), group=_M,
@@ -75,36 +75,36 @@ class TrainStageConfig(TrainConfig):
     train_limit: int | None = option(None, check=(lambda v: v >= 1, "must be >= 1"), group=_D,
                                      help="use a seeded subset of this many training samples")
 
-    recipe: str = option("auto", choices=RECIPE_CHOICES, group=_D,
-                         help="auto: the data set's own defaults where it has a recipe (fashion-mnist, mnist, "
+    preset: str = option("auto", choices=PRESET_CHOICES, group=_D,
+                         help="auto: the data set's own defaults where it has a preset (fashion-mnist, mnist, "
                               "kmnist; printed at the start), under any option given; none: the plain defaults")
 
     def __post_init__(self) -> None:
         if isinstance(self.small_input, bool):  # the Python API's True/False
             self.small_input = "on" if self.small_input else "off"
-        self.recipe_applied: dict[str, Any] = {}
+        self.preset_applied: dict[str, Any] = {}
 
     @classmethod
-    def with_recipe(cls, given: Mapping[str, Any], *, where: str = "") -> "TrainStageConfig":
-        """A validated config from the options ``given``, over the data set's recipe (see
-        :mod:`.recipes`); ``recipe_applied`` holds the values the recipe set."""
-        from .recipes import recipe_for
+    def with_preset(cls, given: Mapping[str, Any], *, where: str = "") -> "TrainStageConfig":
+        """A validated config from the options ``given``, over the data set's preset (see
+        :mod:`.presets`); ``preset_applied`` holds the values the preset set."""
+        from .presets import preset_for
 
         fields_ = {f.name: f for f in dataclasses.fields(cls)}
-        choice = given.get("recipe", fields_["recipe"].default)
-        _, values = recipe_for(given.get("data", fields_["data"].default), choice)
+        choice = given.get("preset", fields_["preset"].default)
+        _, values = preset_for(given.get("data", fields_["data"].default), choice)
         applied = {k: v for k, v in values.items() if k not in given}
         cfg = super().from_dict({**applied, **given}, where=where)
-        cfg.recipe_applied = applied
+        cfg.preset_applied = applied
         return cfg
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = ""):
-        return cls.with_recipe(data, where=where) if isinstance(data, Mapping) else super().from_dict(data, where=where)
+        return cls.with_preset(data, where=where) if isinstance(data, Mapping) else super().from_dict(data, where=where)
 
     @classmethod
     def from_args(cls, args):
-        return cls.with_recipe({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+        return cls.with_preset({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
     def loop_config(self) -> TrainConfig:
         """The loop's part of this config."""
@@ -211,11 +211,11 @@ def train(output: str | os.PathLike, config: TrainStageConfig | None = None, *,
     is_main = distributed_context().is_main
     logger = TrainLogger(progress=progress, log_file=log_path if is_main else None,
                          tensorboard=tensorboard if is_main else None)
-    if cfg.recipe_applied:
-        from .recipes import describe
+    if cfg.preset_applied:
+        from .presets import describe
 
-        logger.on_message(f"recipe for {bundle.name}: {describe(cfg.recipe_applied)} (any flag overrides "
-                          f"these; --recipe none for the plain defaults)")
+        logger.on_message(f"preset for {bundle.name}: {describe(cfg.preset_applied)} (any flag overrides "
+                          f"these; --preset none for the plain defaults)")
     try:
         result = fit(model, bundle, cfg.loop_config(), callback=logger)
     finally:
@@ -247,7 +247,7 @@ def _finish(model, bundle, cfg: TrainStageConfig, result, pretrained, out: Path,
                   "sizes": bundle.summary()["sizes"]}
     params = {"config": cfg.loop_config().to_dict(), "model": cfg.model, "model_kwargs": cfg.arch_kwargs(),
               "data": data_facts, "pretrained": pretrained, "world_size": result.world_size,
-              "recipe": cfg.recipe_applied}
+              "preset": cfg.preset_applied}
     meta = ModelMeta.for_model(model, task=bundle.task, labels=bundle.labels, input_size=list(bundle.input_size),
                                mean=list(bundle.mean), std=list(bundle.std), interpolation=bundle.interpolation)
     meta.add_history("train", params, {key: test_scalars[key], **{f"test_{k}": v for k, v in test_scalars.items()},

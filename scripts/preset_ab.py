@@ -1,11 +1,11 @@
-"""A/B of training-recipe variants on a seeded subset of a data set (the comparison behind the
-fashion-mnist recipe in compress/training/recipes.py).
+"""A/B of training-preset variants on a seeded subset of a data set (the comparison behind the
+fashion-mnist preset in compress/training/presets.py).
 
-    .venv/bin/python scripts/recipe_ab.py [--data fashion-mnist] [--train-limit 12800] [--epochs 3] \\
+    .venv/bin/python scripts/preset_ab.py [--data fashion-mnist] [--train-limit 12800] [--epochs 3] \\
         [--model mobilenet_v2] VARIANT ...
 
-VARIANT is name=JSON of options over the data set's recipe, e.g. 'noaug={"hflip": false,
-"crop_padding": 0}' or 'recipe={}'. Prints the validation top-1 after each epoch and the time.
+VARIANT is name=JSON of options over the data set's preset, e.g. 'noaug={"hflip": false,
+"crop_padding": 0}' or 'preset={}'. Prints the validation top-1 after each epoch and the time.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def main() -> int:
     bundle = None
     for spec in a.variants:
         name, _, text = spec.partition("=")
-        cfg = TrainStageConfig.with_recipe({"data": a.data, "model": a.model, "epochs": a.epochs,
+        cfg = TrainStageConfig.with_preset({"data": a.data, "model": a.model, "epochs": a.epochs,
                                             **json.loads(text or "{}")})
         if bundle is None:
             bundle = load_data(a.data, image_size=cfg.image_size, train_limit=a.train_limit)

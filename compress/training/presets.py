@@ -1,16 +1,18 @@
-"""Training defaults per data set ("recipes"), applied under whatever the user sets.
+"""Training defaults per data set ("presets"), applied under whatever the user sets.
 
 ``compress train --model mobilenet_v2 --data fashion-mnist -o base.safetensors`` with no other
-flag trains with the data set's recipe: the options below replace the plain defaults of
+flag trains with the data set's preset: the options below replace the plain defaults of
 :class:`~compress.training.api.TrainStageConfig`, and any option the user gives (flag, YAML key or
-keyword) wins over the recipe. ``--recipe none`` keeps the plain defaults. The values were
-measured here (README, "Fashion-MNIST"); the digits defaults are the plain ones.
+keyword) wins over the preset. ``--preset none`` keeps the plain defaults. The values were
+measured here (README, "Fashion-MNIST"); the digits defaults are the plain ones. (Not to be
+confused with the YAML pipeline recipes of ``recipes/``: a preset is one stage's defaults for
+one data set, and a recipe's train stage gets it too, through ``TrainStageConfig.from_dict``.)
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-RECIPE_CHOICES = ("auto", "none")
+PRESET_CHOICES = ("auto", "none")
 
 # Grey 28x28 product photos, used at their own size (32px costs more time for nothing new).
 # Total stride 16 ("stem"): a 2x2 final map, about a quarter of the compute of the full
@@ -19,7 +21,7 @@ RECIPE_CHOICES = ("auto", "none")
 # and 2px shifts, and batch 64 at lr 0.05 88.5% (lr 0.2 at batch 128: 76.8%). Longer runs gain
 # from --hflip --crop-padding 2 again (README). Channels-last (the CPU default) is what makes this
 # fit in 20 minutes; bfloat16 autocast was slower for MobileNetV2 (scripts/train_speed.py).
-# The A/B: scripts/recipe_ab.py 'old={"batch_size": 128, "lr": 0.1, "hflip": true, "crop_padding": 2}'
+# The A/B: scripts/preset_ab.py 'old={"batch_size": 128, "lr": 0.1, "hflip": true, "crop_padding": 2}'
 #   'noaug={"batch_size": 128, "lr": 0.1}' 'lr0.2={"batch_size": 128, "lr": 0.2}' 'b64={}'
 _FASHION = {"image_size": 28, "small_input": "stem", "epochs": 6, "batch_size": 64, "lr": 0.05,
             "warmup_epochs": 0.5, "weight_decay": 5e-5, "hflip": False, "crop_padding": 0,
@@ -27,20 +29,20 @@ _FASHION = {"image_size": 28, "small_input": "stem", "epochs": 6, "batch_size": 
 # Digits and characters: the same, fewer epochs (an easier task).
 _CHARACTERS = {**_FASHION, "epochs": 4}
 
-RECIPES: dict[str, dict[str, Any]] = {"fashion-mnist": _FASHION, "mnist": _CHARACTERS, "kmnist": _CHARACTERS}
+PRESETS: dict[str, dict[str, Any]] = {"fashion-mnist": _FASHION, "mnist": _CHARACTERS, "kmnist": _CHARACTERS}
 
 
-def recipe_for(data: str, choice: str = "auto") -> tuple[str | None, dict[str, Any]]:
-    """(recipe name or None, its option values) for the data spec ``data`` under ``choice``."""
+def preset_for(data: str, choice: str = "auto") -> tuple[str | None, dict[str, Any]]:
+    """(preset name or None, its option values) for the data spec ``data`` under ``choice``."""
     if choice == "none" or not isinstance(data, str):
         return None, {}
     name = data.strip().lower()
-    values = RECIPES.get(name)
+    values = PRESETS.get(name)
     return (name, dict(values)) if values is not None else (None, {})
 
 
 def describe(values: Mapping[str, Any]) -> str:
-    """``--epochs 6 --batch-size 128 --hflip ...``: the recipe as the flags that would set it."""
+    """``--epochs 6 --batch-size 128 --hflip ...``: the preset as the flags that would set it."""
     parts = []
     for k, v in values.items():
         flag = "--" + k.replace("_", "-")
