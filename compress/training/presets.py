@@ -18,8 +18,8 @@ PRESET_CHOICES = ("auto", "none")
 # Total stride 16 ("stem"): a 2x2 final map, about a quarter of the compute of the full
 # small-input layout. A 20-minute budget is 6 epochs here, far from overfitting: on 12,800
 # training images x 3 epochs, no augmentation reached 87.4% val top-1 against 84.9% with flips
-# and 2px shifts, and batch 64 at lr 0.05 88.5% (lr 0.2 at batch 128: 76.8%). Longer runs gain
-# from --hflip --crop-padding 2 again (README). Channels-last (the CPU default) is what makes this
+# and 2px shifts, and batch 64 at lr 0.05 88.5% (lr 0.2 at batch 128: 76.8%); 10 epochs with
+# flips and shifts did not beat these 6 (README). Channels-last (the CPU default) is what makes this
 # fit in 20 minutes; bfloat16 autocast was slower for MobileNetV2 (scripts/train_speed.py).
 # The A/B: scripts/preset_ab.py 'old={"batch_size": 128, "lr": 0.1, "hflip": true, "crop_padding": 2}'
 #   'noaug={"batch_size": 128, "lr": 0.1}' 'lr0.2={"batch_size": 128, "lr": 0.2}' 'b64={}'
