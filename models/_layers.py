@@ -174,9 +174,6 @@ class SequentialFeaturesModel(ClassifierModel):
         self.classifier[-1] = layer
 
 
-SMALL_INPUT_MODES = (False, "stem", True)
-
-
 def input_strides(small_input: bool | str) -> tuple[int, int]:
     """(stem stride, stride of the first downsampling stage) for a ``small_input`` mode.
 

@@ -92,7 +92,7 @@ class TrainStageConfig(TrainConfig):
 
         fields_ = {f.name: f for f in dataclasses.fields(cls)}
         choice = given.get("preset", fields_["preset"].default)
-        _, values = preset_for(given.get("data", fields_["data"].default), choice)
+        values = preset_for(given.get("data", fields_["data"].default), choice)
         applied = {k: v for k, v in values.items() if k not in given}
         cfg = super().from_dict({**applied, **given}, where=where)
         cfg.preset_applied = applied

@@ -32,13 +32,11 @@ _CHARACTERS = {**_FASHION, "epochs": 4}
 PRESETS: dict[str, dict[str, Any]] = {"fashion-mnist": _FASHION, "mnist": _CHARACTERS, "kmnist": _CHARACTERS}
 
 
-def preset_for(data: str, choice: str = "auto") -> tuple[str | None, dict[str, Any]]:
-    """(preset name or None, its option values) for the data spec ``data`` under ``choice``."""
+def preset_for(data: str, choice: str = "auto") -> dict[str, Any]:
+    """The preset's option values for the data spec ``data`` under ``choice`` (``{}``: none)."""
     if choice == "none" or not isinstance(data, str):
-        return None, {}
-    name = data.strip().lower()
-    values = PRESETS.get(name)
-    return (name, dict(values)) if values is not None else (None, {})
+        return {}
+    return dict(PRESETS.get(data.strip().lower(), {}))
 
 
 def describe(values: Mapping[str, Any]) -> str:
