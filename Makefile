@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # 56 ms with ACTIVE vs PASSIVE), while training runs 1.36x faster with OpenMP's own default than
 # with PASSIVE (404 vs 298 img/s, scripts/train_speed.py --modes stem --size 28 --batch 64).
 
-.PHONY: setup test test-all demo bench bench-serve serve docker clean mutation data
+.PHONY: setup test test-all demo bench bench-serve bench-distill serve docker clean mutation data
 
 $(BIN)/compress: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -73,6 +73,11 @@ docker:
 
 bench-serve: setup
 	BIN=$(BIN) bash scripts/bench_serve.sh runs/serve_bench
+
+# Distillation on Fashion-MNIST (`make data` first, ~1 hour): a PP-LCNet x0.25 student trained plainly,
+# with Hinton KD, DKD and DIST from one ResNet-18 teacher, 3 seeds each; prints the README's table.
+bench-distill: setup
+	COMPRESS=$(BIN)/compress PYTHON=$(BIN)/python bash scripts/bench_distill.sh runs/bench_distill
 
 # Mutation testing of the core modules (issue 8): mutmut 3, killed/total per module and overall;
 # fails below 80%. The scope is whole modules where they are core logic (metrics, io, artifact,

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("compress.commands.train", "train a model from the zoo on a data set"),
     "eval": ("compress.commands.eval", "evaluate a model artifact on a data set"),
     "prune": ("compress.commands.prune", "structured / unstructured pruning with fine-tuning"),
+    "distill": ("compress.commands.distill", "knowledge distillation: Hinton KD, DKD, DIST, feature hints"),
     "export": ("compress.commands.export", "export a model artifact to ONNX (verified against PyTorch)"),
     "bench": ("compress.commands.bench", "compare latency, size and accuracy of model variants"),
     "serve": ("compress.commands.serve", "serve ONNX models over HTTP (FastAPI + ONNX Runtime)"),

@@ -50,6 +50,8 @@ SCOPE: dict[str, list[str]] = {
     "compress/io.py": ["*"],
     "compress/artifact.py": ["*"],
     "compress/meta.py": ["*"],
+    "compress/distill/losses.py": ["*"],
+    "compress/distill/hints.py": ["*"],
 }
 CHUNKS: dict[str, list[str]] = {  # each well under 10 minutes of one core
     "metrics": ["compress/metrics.py"],
@@ -58,6 +60,7 @@ CHUNKS: dict[str, list[str]] = {  # each well under 10 minutes of one core
                              "compress/bench/accuracy.py"],
     "prune": ["compress/prune/structured.py", "compress/prune/unstructured.py", "compress/prune/sensitivity.py",
               "compress/prune/search.py"],
+    "distill": ["compress/distill/losses.py", "compress/distill/hints.py"],
 }
 CAUGHT = {"killed", "timeout"}  # a timeout is a mutant the tests noticed (it hung or looped)
 

@@ -13,6 +13,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Teacher logits cached between runs go to a session folder, not the user's ~/.cache."""
+    os.environ["COMPRESS_CACHE_DIR"] = str(tmp_path_factory.mktemp("compress-cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import torch

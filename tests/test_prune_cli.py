@@ -185,19 +185,21 @@ def test_structured_distill_keeps_meta_and_interpolation(tmp_path):
     base = save_model(model, tmp_path / "bicubic.safetensors",
                       ModelMeta.for_model(model, input_size=[3, 32, 32], interpolation="bicubic"))
     out = tmp_path / "pd.safetensors"
-    assert main(["prune", str(base), "--ratio", "0.3", "--finetune", "1", "--distill", "--kd-temperature", "2",
+    assert main(["prune", str(base), "--ratio", "0.3", "--finetune", "1", "--kd-loss", "kd", "--kd-temperature", "2",
                  "--kd-alpha", "0.5", "--data", "digits", "--max-steps-per-epoch", "2", "--train-limit", "96",
                  "--no-bench", "--quiet", "-o", str(out)]) == 0
     meta, _ = read_meta(out)
     assert meta.interpolation == "bicubic"
     entry = meta.history[-1]
     assert entry["stage"] == "prune" and entry["params"]["distill"] is True
-    assert entry["params"]["kd"] == {"temperature": 2.0, "alpha": 0.5}
+    assert entry["params"]["kd"] == {"loss": "kd", "kd_temperature": 2.0, "kd_alpha": 0.5}
     assert "top1" in entry["metrics"]["finetune_best_val"]
 
 
 @pytest.mark.parametrize("argv, message", [(["--kd-temperature", "0"], "--kd-temperature"),
-                                           (["--kd-alpha", "1.5"], "--kd-alpha")])
+                                           (["--kd-alpha", "1.5"], "--kd-alpha"),
+                                           (["--kd-loss", "hinton"], "--kd-loss"),
+                                           (["--dkd-beta", "-1"], "--dkd-beta")])
 def test_bad_distillation_settings_exit_2(base, tmp_path, capsys, argv, message):
     assert main(["prune", str(base), "--ratio", "0.3", "--finetune", "1", "--distill", *argv,
                  "--no-bench", "-o", str(tmp_path / "x.safetensors")]) == 2

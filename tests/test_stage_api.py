@@ -83,7 +83,7 @@ def test_distillation_teacher_is_the_unpruned_model(base, tmp_path, monkeypatch)
     seen = []
     monkeypatch.setattr(recovery, "finetune", lambda model, bundle, cfg, *, criterion=None, after_step=None,
                         progress=True, label="": seen.append((criterion, copy.deepcopy(model))) or {})
-    prune_artifact(base, tmp_path / "d.safetensors", PruneConfig(ratio=0.5, finetune=1, distill=True,
+    prune_artifact(base, tmp_path / "d.safetensors", PruneConfig(ratio=0.5, finetune=1, kd_loss="kd",
                                                                  kd_temperature=2.0, kd_alpha=0.5, bench=False))
     (criterion, student), = seen
     original, _ = load_model(base)
@@ -95,8 +95,8 @@ def test_distillation_teacher_is_the_unpruned_model(base, tmp_path, monkeypatch)
     entry = read_meta(tmp_path / "d.safetensors")[0].history[-1]
     assert entry["params"]["criterion"]["name"] == "distillation"
     seen.clear()
-    prune_artifact(base, tmp_path / "nd.safetensors", PruneConfig(ratio=0.5, finetune=1, bench=False))
-    assert seen[0][0] is None  # plain fine-tuning without --distill
+    prune_artifact(base, tmp_path / "nd.safetensors", PruneConfig(ratio=0.5, finetune=1, bench=False, distill=False))
+    assert seen[0][0] is None  # plain fine-tuning with --no-distill
 
 
 def test_sensitivity_analysis_as_a_library_call(base, tmp_path):
@@ -115,7 +115,7 @@ def test_sensitivity_analysis_as_a_library_call(base, tmp_path):
     (dict(ratio=0.5, method="magic"), "unknown --method"),
     (dict(ratio=0.5, sparsity=0.5), "cannot be combined"),
     (dict(), "nothing to do"),
-    (dict(ratio=0.5, distill=True), "--distill needs --finetune"),
+    (dict(ratio=0.5, kd_loss="hinton"), "unknown --kd-loss"),
     (dict(ratio="half"), "--ratio must be a number"),
     (dict(ratio=0.5, steps=True), "--steps must be an integer"),
     (dict(analyze=True, ratios=[0.5, 1.5]), "--ratios must all satisfy"),

@@ -53,6 +53,8 @@ def test_onnx_side_needs_no_torch(onnx_file):
         from compress.training.config import TrainConfig
         from compress.bench import BenchConfig
         PruneConfig(ratio=0.5).validate(); TrainConfig().validate(); BenchConfig().validate()
+        from compress.distill.config import DistillConfig
+        DistillConfig(teacher="t.safetensors", model="pplcnet_x0_25").validate()
         assert main(["--help"]) == 0
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]

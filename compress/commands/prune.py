@@ -1,5 +1,8 @@
 """Prune a model artifact: structured channel pruning, unstructured magnitude pruning, or a
-per-layer sensitivity analysis; optionally fine-tune (or distill) to recover accuracy.
+per-layer sensitivity analysis; optionally fine-tune to recover accuracy. Fine-tuning distils from
+the unpruned model by default (--kd-loss kd|dkd|dist and the distillation options; --no-distill
+for the labels alone); with no augmentation the teacher's logits are computed once and kept in
+$COMPRESS_CACHE_DIR (default ~/.cache/compress) for later runs on the same model and data.
 
 Structured (smaller and faster dense layers; torch-pruning keeps residual adds, depthwise convs
 and SE blocks consistent; the classifier keeps its outputs):

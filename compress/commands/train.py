@@ -22,16 +22,22 @@ import argparse
 import json
 
 
+def add_output_arguments(p: argparse.ArgumentParser, *, what: str = "model artifact", tensorboard: bool = True) -> None:
+    """-o, --json, --log (and --tensorboard), --no-progress: the outputs of a stage that trains."""
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", required=True, help=f"{what} to write (.safetensors)")
+    o.add_argument("--json", dest="json_path", default=None, help="report path (default: OUTPUT.json)")
+    o.add_argument("--log", dest="log_path", default=None, help="text log path (default: OUTPUT.log)")
+    if tensorboard:
+        o.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files to DIR")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines on stderr")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..training.api import TrainStageConfig
 
     TrainStageConfig.add_arguments(p)
-    o = p.add_argument_group("output")
-    o.add_argument("-o", "--output", required=True, help="model artifact to write (.safetensors)")
-    o.add_argument("--json", dest="json_path", default=None, help="report path (default: OUTPUT.json)")
-    o.add_argument("--log", dest="log_path", default=None, help="text log path (default: OUTPUT.log)")
-    o.add_argument("--tensorboard", default=None, metavar="DIR", help="write TensorBoard event files to DIR")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines on stderr")
+    add_output_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -142,6 +142,7 @@ class _Job:
 def _prepare(model_path: Path, cfg: PruneConfig, log: Log, progress: bool) -> _Job:
     from ..artifact import load_model
     from ..data import load_data_for_model
+    from ..distill.teacher import logits_cache_file
     from ..training.criteria import build_criterion
     from .structured import resolve_layers
 
@@ -156,10 +157,13 @@ def _prepare(model_path: Path, cfg: PruneConfig, log: Log, progress: bool) -> _J
                                      why="needed for fine-tuning, --analyze and --method taylor")
     example = torch.randn(1, *meta.input_size, generator=torch.Generator().manual_seed(0))
     job = _Job(cfg, model, meta, bundle, example, log, progress, ratio_file or None)
-    if cfg.distill:  # the teacher is the unpruned model, frozen before any change
+    if cfg.distilling():  # the teacher is the unpruned model, frozen before any change
         teacher = copy.deepcopy(model).eval()
-        job.criterion = build_criterion(loop_config(cfg, 1), meta.task, teacher=teacher,
-                                        temperature=cfg.kd_temperature, alpha=cfg.kd_alpha)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        job.criterion = build_criterion(loop_config(cfg, 1), meta.task, teacher=teacher, loss=cfg.distill_loss(meta.task),
+                                        cache_file=None if bundle is None else
+                                        logits_cache_file(model_path, bundle.summary()))
     return job
 
 
@@ -251,11 +255,11 @@ def _data_facts(job: _Job) -> dict[str, Any]:
 def _history_params(job: _Job, mode: str) -> dict[str, Any]:
     cfg, bundle = job.cfg, job.bundle
     params: dict[str, Any] = {"mode": mode, "method": cfg.method, "global": cfg.global_pruning,
-                              "finetune_epochs": cfg.finetune, "distill": cfg.distill,
+                              "finetune_epochs": cfg.finetune, "distill": cfg.distilling(),
                               "data": None if bundle is None else _data_facts(job)}
     if job.criterion is not None:
-        params["kd"] = {"temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha}
-        params["criterion"] = job.criterion.describe()
+        params["kd"] = cfg.kd_params(job.meta.task)
+        params["criterion"] = {**job.criterion.describe(), "teacher": "the unpruned input model"}
     return params
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import StageConfig, option, parse_count, parse_list
+from ..config import option, parse_count, parse_list
+from ..distill.config import KDOptions
 from ..errors import UserError
 
 # Channel importance criteria (compress.prune.importance maps each name to a torch-pruning object).
@@ -23,7 +24,7 @@ _at_least_0 = (lambda v: v >= 0, "must be >= 0")
 
 
 @dataclass(kw_only=True)
-class PruneConfig(StageConfig):
+class PruneConfig(KDOptions):
     """Options of ``compress prune`` (the input model and the output path are arguments)."""
 
     ratio: float | None = option(None, check=_open_unit, group=_S,
@@ -56,11 +57,9 @@ class PruneConfig(StageConfig):
     max_drop: float = option(1.0, check=_at_least_0, group=_A,
                              help="accuracy drop (points) allowed per group when writing the ratio file")
     finetune: int = option(0, check=_at_least_0, metavar="EPOCHS", group=_F, help="fine-tuning epochs after pruning")
-    distill: bool = option(False, group=_F, help="fine-tune with knowledge distillation from the unpruned model")
-    kd_temperature: float = option(4.0, check=(lambda v: v > 0, "must be > 0"), group=_F,
-                                   help="distillation softmax temperature T")
-    kd_alpha: float = option(0.7, check=(lambda v: 0 <= v <= 1, "must be in [0, 1]"), group=_F,
-                             help="weight of the soft-target term (1 - alpha weighs the labels)")
+    distill: bool = option(True, group=_F,
+                           help="fine-tune with knowledge distillation from the unpruned model (the loss: "
+                                "--kd-loss and the distillation options); --no-distill for the labels alone")
     lr: float = option(0.01, check=(lambda v: v > 0, "must be > 0"), group=_F, help="fine-tuning learning rate")
     batch_size: int = option(64, check=_at_least_1, group=_F, help="fine-tuning batch size")
     max_steps_per_epoch: int = option(0, check=_at_least_0, group=_F, help="cap optimizer steps per epoch (0 = all)")
@@ -101,13 +100,15 @@ class PruneConfig(StageConfig):
             raise UserError("give one of --target-macs and --target-latency-ms")
         if targets and (self.ratio is not None or self.ratio_file):
             raise UserError(f"{targets[0]} searches the ratio itself; drop --ratio/--ratio-file")
-        if self.distill and not self.finetune:
-            raise UserError("--distill needs --finetune EPOCHS")
         if self.sparsity is not None and self.steps != 1:
             raise UserError("--steps is for structured pruning; --sparsity uses the AGP schedule over --finetune")
         if not (self.analyze or self.sparsity is not None or structured):
             raise UserError("nothing to do: give --ratio, --ratio-file, --target-macs, --target-latency-ms, "
                             "--sparsity or --analyze")
+
+    def distilling(self) -> bool:
+        """Whether fine-tuning distils from the unpruned model (the default whenever it fine-tunes)."""
+        return self.distill and self.finetune > 0
 
     def needs_data(self) -> bool:
         """Whether the stage needs a data set (fine-tuning, the analysis, Taylor importance)."""

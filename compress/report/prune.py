@@ -52,6 +52,13 @@ def format_prune(result: "PruneResult") -> str:
                                   ["layer", "sparsity"]))
         parts.append(f"sparsity: {100 * s['global']:.2f}% of prunable weights, {100 * s['overall']:.2f}% of all "
                      f"parameters")
+    epochs = result.params.get("finetune_epochs")
+    if epochs:
+        crit = result.params.get("criterion")
+        how = (f"distilled from the unpruned model (loss {crit.get('loss')}, T={crit.get('temperature')}; teacher "
+               f"logits {crit.get('teacher_logits', 'computed every step')}; --no-distill for labels only)") if crit \
+            else "labels only (no distillation)"
+        parts.append(f"fine-tuned {epochs} epoch(s): {how}")
     if "search" in result.extra:
         s = result.extra["search"]
         parts.append(f"ratio search: {s['measure']} target {s['target']:g} -> ratio {s['ratio']:.3f} "

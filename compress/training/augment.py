@@ -101,6 +101,11 @@ class BatchAugment:
             raise UserError("mixup/cutmix alpha must be >= 0 and mix probability in [0, 1]")
 
     @property
+    def changes_inputs(self) -> bool:
+        """Whether any augmentation alters the images (else a sample is the same every epoch)."""
+        return self.crop_padding > 0 or self.hflip or self.cutout > 0 or self.mixes
+
+    @property
     def mixes(self) -> bool:
         return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_prob > 0
 

@@ -11,6 +11,8 @@ from .schedules import SCHEDULES
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamax", "nadam")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOSSES = ("auto", "ce", "focal", "bce")
+# Teacher logits cached once per run (distillation): auto = when nothing augments the inputs.
+TEACHER_CACHE = ("auto", "on", "off")
 
 _T = "training"
 _at_least_1 = (lambda v: v >= 1, "must be >= 1")

@@ -111,11 +111,14 @@ class _Run:
     global_step: int = 0
 
 
-def _step(run: _Run, x: torch.Tensor, target: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns (logits, loss), both detached."""
+def _step(run: _Run, x: torch.Tensor, target: torch.Tensor, epoch: int, step: int,
+          aux: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns (logits, loss), both detached. ``aux``: the criterion's
+    per-sample extra data (see :meth:`.criteria.Criterion.train_dataset`)."""
+    run.criterion.at(epoch - 1 + (step - 1) / run.steps_per_epoch)
     with run.autocast():
         logits = run.train_model(x)
-        loss = run.criterion(logits, x, target)
+        loss = run.criterion(logits, x, target, aux)
     if not torch.isfinite(loss):
         raise UserError(f"training diverged (loss {loss.item()}) at epoch {epoch} step {step}; "
                         f"lower --lr or enable --grad-clip")
@@ -152,12 +155,13 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     # epoch's shuffle is the same as ever); a capped one stops without fetching an extra batch.
     batches = run.loader if run.steps_per_epoch >= len(run.loader) else \
         itertools.islice(run.loader, run.steps_per_epoch)
-    for step, (x, y) in enumerate(batches, start=1):
+    for step, (x, y, *aux) in enumerate(batches, start=1):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        extra = aux[0].to(run.device, non_blocking=True) if aux else None
         target = F.one_hot(y.long(), run.bundle.num_classes).float() if multiclass and run.augment.mixes else y
         x, target = run.augment(x, target)
         x = x.contiguous(memory_format=run.memory_format)
-        logits, loss = _step(run, x, target, epoch, step)
+        logits, loss = _step(run, x, target, epoch, step, extra)
         loss_sum += float(loss) * x.shape[0]
         seen += x.shape[0]
         if multiclass:
@@ -202,21 +206,31 @@ def _prepare(model: nn.Module, bundle, cfg: TrainConfig, criterion: Criterion | 
     memory_format = torch.channels_last if _channels_last(cfg, device) else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     batch = max(1, cfg.batch_size // ctx.world_size)
-    loader = make_loader(bundle.train, batch, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
-                         drop_last=len(bundle.train) // ctx.world_size > batch, distributed=ctx.enabled)
-    steps = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
-    optimizer = build_optimizer(model, cfg)
-    schedule = Schedule(cfg.schedule, total_steps=cfg.epochs * steps,
-                        warmup_steps=int(round(cfg.warmup_epochs * steps)), steps_per_epoch=steps,
-                        min_factor=cfg.min_lr_ratio, step_epochs=cfg.step_epochs, gamma=cfg.step_gamma,
-                        htd_lower=cfg.htd_lower, htd_upper=cfg.htd_upper)
-    autocast, scaler = autocast_for(cfg, device)
+    callback = (callback or TrainCallback()) if ctx.is_main else TrainCallback()
+    augment = BatchAugment(cfg.crop_padding, cfg.hflip, cfg.cutout, cfg.mixup, cfg.cutmix, cfg.mix_prob)
+    criterion = criterion or build_criterion(cfg, bundle.task)
+    # The criterion comes first: it may add trainable parameters (a hint adapter) and wrap the
+    # training set (cached teacher logits).
+    criterion.setup(device, model, bundle.train[0][0][None].contiguous(memory_format=memory_format))
+    try:
+        train_set = criterion.train_dataset(bundle.train, augments=augment.changes_inputs,
+                                            batch_size=cfg.eval_batch_size, device=device, log=callback.on_message)
+        loader = make_loader(train_set, batch, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
+                             drop_last=len(bundle.train) // ctx.world_size > batch, distributed=ctx.enabled)
+        optimizer = build_optimizer(model, cfg, extra=criterion.parameters())
+        steps = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
+        schedule = Schedule(cfg.schedule, total_steps=cfg.epochs * steps,
+                            warmup_steps=int(round(cfg.warmup_epochs * steps)), steps_per_epoch=steps,
+                            min_factor=cfg.min_lr_ratio, step_epochs=cfg.step_epochs, gamma=cfg.step_gamma,
+                            htd_lower=cfg.htd_lower, htd_upper=cfg.htd_upper)
+        autocast, scaler = autocast_for(cfg, device)
+    except BaseException:
+        criterion.teardown()
+        raise
     return _Run(model=model, train_model=D.wrap_model(model, ctx, device), bundle=bundle, cfg=cfg,
-                criterion=criterion or build_criterion(cfg, bundle.task), device=device, loader=loader,
+                criterion=criterion, device=device, loader=loader,
                 steps_per_epoch=steps, optimizer=optimizer, scheduler=schedule.scheduler(optimizer),
-                augment=BatchAugment(cfg.crop_padding, cfg.hflip, cfg.cutout, cfg.mixup, cfg.cutmix, cfg.mix_prob),
-                autocast=autocast, scaler=scaler,
-                callback=(callback or TrainCallback()) if ctx.is_main else TrainCallback(), ctx=ctx,
+                augment=augment, autocast=autocast, scaler=scaler, callback=callback, ctx=ctx,
                 after_step=after_step, memory_format=memory_format)
 
 
@@ -247,7 +261,6 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
                            "world": run.ctx.world_size, "device": run.device, "steps/epoch": run.steps_per_epoch,
                            "epochs": cfg.epochs, "monitor": best.monitor, "criterion": run.criterion.describe(),
                            "config": cfg.to_dict()})
-    run.criterion.setup(run.device)
     try:
         for epoch in range(1, cfg.epochs + 1):
             epoch_start = time.time()

@@ -15,11 +15,12 @@ _OPTIMIZERS = {"sgd": None, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW
                "nadam": torch.optim.NAdam}
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer for ``cfg.optimizer``; biases and normalisation weights get no weight decay.
-    SGD uses Nesterov momentum; the Adam family uses ``cfg.momentum`` as beta1."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig, extra=()) -> torch.optim.Optimizer:
+    """The optimizer for ``cfg.optimizer`` over the model's parameters and ``extra`` ones (e.g. a
+    distillation adapter); biases and normalisation weights get no weight decay. SGD uses
+    Nesterov momentum; the Adam family uses ``cfg.momentum`` as beta1."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in [*model.parameters(), *extra]:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
