@@ -514,3 +514,21 @@ def test_a_vector_hint_layer_is_a_1x1_map_and_a_bad_layer_cleans_up():
     assert not student.a._forward_hooks  # the student's hook was removed again
     with pytest.raises(UserError, match="must be > 0"):
         FeatureHint(weight=0.0)
+
+
+def test_dist_defaults_and_the_intra_term_on_two_samples():
+    torch.manual_seed(7)
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    assert float(dist_loss(s, t)) == pytest.approx(float(dist_loss(s, t, temperature=4.0, beta=2.0, gamma=2.0)))
+    s2, t2 = torch.tensor([[1.0, 0.0, 2.0], [0.3, 1.0, -1.0]]), torch.tensor([[0.0, 2.0, 1.0], [1.0, 0.0, 0.5]])
+    ys, yt = F.softmax(s2, 1).tolist(), F.softmax(t2, 1).tolist()
+    intra = 1 - sum(_pearson([ys[0][j], ys[1][j]], [yt[0][j], yt[1][j]]) for j in range(3)) / 3
+    assert float(dist_loss(s2, t2, temperature=1.0, beta=0.0, gamma=1.0)) == pytest.approx(intra, rel=1e-4, abs=1e-5)
+
+
+def test_a_one_epoch_dkd_warmup_and_a_temperature_below_one():
+    torch.manual_seed(8)
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.randint(0, 5, (4,))
+    spec = DistillLoss("dkd", temperature=0.5, dkd_warmup_epochs=1.0)
+    hard, soft = float(F.cross_entropy(s, y)), float(dkd_loss(s, t, y, temperature=0.5))
+    assert float(spec(s, t, y, F.cross_entropy, epochs_done=0.5)) == pytest.approx(hard + soft / 2, rel=1e-5)
