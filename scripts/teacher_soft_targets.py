@@ -18,7 +18,7 @@ def main() -> int:
     from compress.artifact import load_model
     from compress.data import load_data_for_model
     from compress.distill.teacher import logits_cache_file
-    from compress.training.criteria import _read_logits, _write_logits, teacher_logits
+    from compress.training.criteria import read_cached_logits, write_cached_logits, teacher_logits
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("teachers", nargs="+")
@@ -29,10 +29,10 @@ def main() -> int:
         model, meta = load_model(path)
         bundle = load_data_for_model(meta, args.data)
         cache = logits_cache_file(path, bundle.summary())
-        z = _read_logits(cache, len(bundle.train))
+        z = read_cached_logits(cache, len(bundle.train))
         if z is None:
             z = teacher_logits(model, bundle.train, 500, torch.device("cpu"))
-            _write_logits(cache, z, print)
+            write_cached_logits(cache, z, print)
         z = z.double().numpy()
         y = np.array([int(bundle.train[i][1]) for i in range(len(bundle.train))])
         rows = np.arange(len(y))

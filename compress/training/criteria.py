@@ -149,11 +149,11 @@ class DistillationCriterion(Criterion):
             return dataset
         if self._cache is None or self._cache[0] is not dataset:  # a later fit call on the same data reuses them
             started = time.time()
-            logits = _read_logits(self.cache_file, len(dataset))
+            logits = read_cached_logits(self.cache_file, len(dataset))
             source = f"read from {self.cache_file}" if logits is not None else "computed"
             if logits is None:
                 logits = teacher_logits(self.teacher, dataset, batch_size, device)
-                _write_logits(self.cache_file, logits, log)
+                write_cached_logits(self.cache_file, logits, log)
             self._cache = (dataset, logits)
             self.cached, self.cache_seconds = True, round(time.time() - started, 1)
             self.cache_note = f"{len(dataset)} samples, {source} in {self.cache_seconds} s"
@@ -197,7 +197,7 @@ class DistillationCriterion(Criterion):
         return out
 
 
-def _read_logits(path: Any, n: int) -> torch.Tensor | None:
+def read_cached_logits(path: Any, n: int) -> torch.Tensor | None:
     """Logits cached by an earlier run (a safetensors file), or None when absent or unusable."""
     if path is None:
         return None
@@ -215,7 +215,7 @@ def _read_logits(path: Any, n: int) -> torch.Tensor | None:
     return logits if logits.ndim == 2 and logits.shape[0] == n else None
 
 
-def _write_logits(path: Any, logits: torch.Tensor, log: Callable[[str], None]) -> None:
+def write_cached_logits(path: Any, logits: torch.Tensor, log: Callable[[str], None]) -> None:
     """Keep ``logits`` for later runs; a failure only costs the next run the computation."""
     if path is None:
         return
