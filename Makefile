@@ -9,14 +9,14 @@ PYTEST_ARGS ?=
 # 56 ms with ACTIVE vs PASSIVE), while training runs 1.36x faster with OpenMP's own default than
 # with PASSIVE (404 vs 298 img/s, scripts/train_speed.py --modes stem --size 28 --batch 64).
 
-.PHONY: setup test test-all demo bench bench-serve bench-distill serve docker clean mutation data
+.PHONY: setup test test-all demo bench bench-serve bench-distill bench-quantize serve docker clean mutation data
 
 $(BIN)/compress: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch and torchvision first, pinned, so pip takes the wheels on this machine's disk
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[compress,dev]'
+	$(BIN)/pip install -q -e '.[compress,dev,peers]'
 	@touch $@
 
 setup: $(BIN)/compress
@@ -76,6 +76,9 @@ bench-serve: setup
 
 # Distillation on Fashion-MNIST (`make data` first, ~1 hour): a PP-LCNet x0.25 student trained plainly,
 # with Hinton KD, DKD and DIST from one ResNet-18 teacher, 3 seeds each; prints the README's table.
+bench-quantize: setup
+	BIN=$(BIN) bash scripts/bench_quantize.sh runs/bench_quantize
+
 bench-distill: setup
 	COMPRESS=$(BIN)/compress PYTHON=$(BIN)/python bash scripts/bench_distill.sh runs/bench_distill
 

@@ -17,6 +17,11 @@ Metadata (the ``compress`` key of the safetensors header, a JSON string):
     layers       {module name: shape facts} for every Conv2d / Linear / BatchNorm2d, so a
                  pruned network is rebuilt from ``create_model`` + these shapes, then
                  ``load_state_dict(strict=True)``
+    shared       (only when weights are shared, e.g. by k-means) {state-dict key: bits}: that
+                 tensor is stored as ``<key>.codebook`` (its distinct values, ascending, in its
+                 own dtype, at most 2^bits of them) and ``<key>.indices`` (uint8, the tensor's
+                 shape) instead of ``<key>``; :func:`load_model` decodes ``codebook[indices]``,
+                 which gives back the saved values bit for bit
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -89,8 +94,55 @@ def _resize_layers(model: nn.Module, shapes: dict[str, list[int]]) -> None:
             raise ArtifactError(f"layer {name!r} is a {type(m).__name__}, not a resizable layer")
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, meta: ModelMeta) -> Path:
-    """Write ``model`` and ``meta`` to ``path`` atomically (temporary name, then rename)."""
+CODEBOOK, INDICES = ".codebook", ".indices"
+
+
+def encode_shared(tensor: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codebook, indices) of a tensor with at most ``2**bits`` distinct values (``bits`` <= 8):
+    the distinct values ascending (the tensor's dtype) and, per element, the uint8 position of
+    its value, so that ``codebook[indices.long()]`` equals ``tensor`` exactly."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"shared tensors use 1 to 8 bits per index, not {bits}")
+    codebook, inverse = torch.unique(tensor.detach().cpu(), sorted=True, return_inverse=True)
+    if codebook.numel() > 2 ** bits:
+        raise ValueError(f"{codebook.numel()} distinct values do not fit a {bits}-bit codebook")
+    return codebook.contiguous(), inverse.to(torch.uint8).reshape(tensor.shape).contiguous()
+
+
+def decode_shared(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """The dense tensor ``codebook[indices]`` (the inverse of :func:`encode_shared`)."""
+    if codebook.ndim != 1 or indices.dtype != torch.uint8:
+        raise ValueError("expected a 1-D codebook and uint8 indices")
+    idx = indices.long()
+    if idx.numel() and int(idx.max()) >= codebook.numel():
+        raise ValueError(f"an index {int(idx.max())} beyond the codebook's {codebook.numel()} values")
+    return codebook[idx]
+
+
+def _decode_state(state: dict[str, torch.Tensor], shared: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """``state`` with each shared tensor's codebook + indices replaced by the dense tensor."""
+    if not isinstance(shared, Mapping):
+        raise ArtifactError("corrupt 'shared' entry in the metadata (expected {tensor: bits})")
+    for key, bits in shared.items():
+        codebook, indices = state.pop(key + CODEBOOK, None), state.pop(key + INDICES, None)
+        if codebook is None or indices is None:
+            raise ArtifactError(f"shared weight {key!r} lacks its {CODEBOOK} or {INDICES} tensor")
+        if not isinstance(bits, int) or codebook.numel() > 2 ** min(max(bits, 0), 8):
+            raise ArtifactError(f"shared weight {key!r}: {codebook.numel()} values do not fit {bits!r} bits")
+        try:
+            state[key] = decode_shared(codebook, indices)
+        except ValueError as e:
+            raise ArtifactError(f"shared weight {key!r}: {e}") from None
+    return state
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, meta: ModelMeta, *,
+               shared: Mapping[str, int] | None = None) -> Path:
+    """Write ``model`` and ``meta`` to ``path`` atomically (temporary name, then rename).
+
+    ``shared`` ({state-dict key: bits}) names tensors with at most 2^bits distinct values (weight
+    sharing) to store as codebook + uint8 indices instead of dense (see the module docstring);
+    a tensor with more distinct values is a ``ValueError``."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -100,6 +152,12 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: ModelMeta) -> Pa
     payload = asdict(meta)
     payload["format"] = FORMAT
     payload["layers"] = layer_shapes(model)
+    if shared:
+        for key, bits in shared.items():
+            if key not in state:
+                raise ValueError(f"shared tensor {key!r} is not in the model's state dict")
+            state[key + CODEBOOK], state[key + INDICES] = encode_shared(state.pop(key), int(bits))
+        payload["shared"] = {k: int(b) for k, b in shared.items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={META_KEY: json.dumps(payload), "format": "pt"})
     return path
@@ -155,6 +213,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
         raise ArtifactError(f"{path}: corrupt weights ({str(e).splitlines()[0]})") from None
+    state = _decode_state(state, raw.get("shared") or {})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -163,3 +222,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     sync_head(model)  # a pruned head is narrower
     model.to(device).eval()
     return model, meta
+
+
+def read_shared(path: str | os.PathLike) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    """The shared tensors of an artifact as stored: {state-dict key: (codebook, uint8 indices,
+    bits)} (empty when nothing is shared), e.g. for entropy coding the indices."""
+    from safetensors import SafetensorError, safe_open
+
+    _, raw = read_meta(path)
+    shared = raw.get("shared") or {}
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key, bits in shared.items():
+                out[key] = (f.get_tensor(key + CODEBOOK), f.get_tensor(key + INDICES), int(bits))
+    except (SafetensorError, OSError, AttributeError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: corrupt shared weights ({str(e).splitlines()[0]})") from None
+    return out

@@ -86,7 +86,7 @@ def test_static_ratios_are_exact_and_metrics_are_attached():
                "pruned.onnx": {"accuracy": 0.98, "metric": "top1", "agreement": 0.97, "samples": 270}}
     rows = _static_rows(vs, sizes, metrics)
     assert rows[0] == {"model": "base.safetensors", "path": str(Path("/models/base.safetensors")), "engine": "pytorch",
-                       "arch": "mobilenet_v2", "has_metadata": True, "file_bytes": 8_000_000, "stored_bytes": None,
+                       "precision": None, "arch": "mobilenet_v2", "has_metadata": True, "file_bytes": 8_000_000, "stored_bytes": None,
                        "size_ratio": 1.0, "params": 2_000_000, "params_ratio": 1.0, "input": "32x32",
                        "macs": 88_000_000, "macs_ratio": 1.0, "accuracy": 0.99, "accuracy_metric": "top1",
                        "agreement": 1.0, "eval_samples": 270, "eval_note": None}

@@ -5,6 +5,8 @@ interleaved (:func:`compress.runtime.measure_interleaved`) until the time budget
 every variant has at least ``min_runs`` timings. Ratios are to the first variant (the baseline).
 Latency is the wall-clock time of one forward pass of a batch (ms); throughput is images per
 second at the median latency; achieved GMAC/s = MACs per image x batch / median latency.
+With ``peers``, every ONNX file is also run by each peer runtime (:mod:`compress.bench.peers`),
+and each variant records the precision its engine really computes in.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import Any, Callable, Sequence
 from ..config import StageConfig, option, parse_list
 from ..errors import UserError
 from ..runtime import LatencyStats, measure_interleaved, random_images
-from .variants import Variant, load_variant
+from .peers import PEERS, openvino_version
+from .variants import Variant, load_variant, peer_variant
 
 _positive = (lambda v: all(x >= 1 for x in v), "values must be >= 1")
 
@@ -38,6 +41,10 @@ class BenchConfig(StageConfig):
                                     help="use at most this many test images")
     data_seed: int = option(0, help="seed of the train/val/test split, as in compress train")
     compile: bool = option(False, help="also time each .safetensors model with torch.compile")
+    peers: list[str] = option(default_factory=list, parse=parse_list(str), choices=PEERS, metavar="PEER[,PEER...]",
+                              help="also run each ONNX file in these runtimes: openvino (its defaults, bf16 on "
+                                   "CPUs with bf16 units), openvino-f32 (precision hint f32); needs the "
+                                   "'peers' extra")
     warmup: int = option(3, check=(lambda v: v >= 0, "must be >= 0"), help="untimed runs per variant per cell")
     min_runs: int = option(10, check=(lambda v: v >= 1, "must be >= 1"),
                            help="timed runs per variant per cell, at least")
@@ -62,6 +69,8 @@ class BenchConfig(StageConfig):
                 parts += ["--" + name.replace("_", "-"), str(getattr(self, name))]
         if self.data and self.data_seed:
             parts += ["--data-seed", str(self.data_seed)]
+        if self.peers:
+            parts += ["--peers", ",".join(self.peers)]
         parts += ["--" + n.replace("_", "-") for n in ("compile", "ort_spinning") if getattr(self, n)]
         return " ".join(parts)
 
@@ -92,7 +101,9 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def _load_variants(paths: list[Path], compile: bool) -> list[Variant]:
+def _load_variants(paths: list[Path], compile: bool, peers: Sequence[str] = ()) -> list[Variant]:
+    """Each file's variant, followed by its torch.compile twin (``compile``, .safetensors) or its
+    peer-runtime twins (``peers``, ONNX files)."""
     variants: list[Variant] = []
     for p, n in zip(paths, unique_names(paths)):
         v = load_variant(p, n)
@@ -100,7 +111,9 @@ def _load_variants(paths: list[Path], compile: bool) -> list[Variant]:
         if compile and v.model is not None:
             variants.append(Variant(name=f"{n} [compile]", path=p, engine="pytorch.compile",
                                     file_bytes=v.file_bytes, stored_bytes=v.stored_bytes, params=v.params,
-                                    meta=v.meta, model=v.model, _macs=v._macs))
+                                    meta=v.meta, model=v.model, precision=v.precision, _macs=v._macs))
+        if v.is_onnx:
+            variants += [peer_variant(v, peer) for peer in dict.fromkeys(peers)]
     return variants
 
 
@@ -148,7 +161,8 @@ def _static_rows(variants: list[Variant], sizes: dict[str, tuple], metrics: dict
         macs = v.macs(size)
         m = metrics.get(v.name, {})
         rows.append({
-            "model": v.name, "path": str(v.path), "engine": v.engine, "arch": v.meta.arch if v.meta else None,
+            "model": v.name, "path": str(v.path), "engine": v.engine, "precision": v.precision,
+            "arch": v.meta.arch if v.meta else None,
             "has_metadata": v.meta is not None, "file_bytes": v.file_bytes, "stored_bytes": v.stored_bytes,
             "size_ratio": v.file_bytes / base.file_bytes, "params": v.params,
             "params_ratio": (v.params / base.params) if v.params and base.params else None,
@@ -185,9 +199,12 @@ def run_benchmark(paths: Sequence[str | os.PathLike], config: BenchConfig | None
         raise UserError("give at least one model file")
     say = progress or (lambda _msg: None)
     paths = [Path(p) for p in paths]
-    variants = _load_variants(paths, cfg.compile)
+    # a missing peer runtime fails here, in one line, before any model is loaded
+    peer_versions = {"openvino": openvino_version()} if cfg.peers else {}
+    variants = _load_variants(paths, cfg.compile, cfg.peers)
     sizes = {v.name: v.timing_size(cfg.input_size) for v in variants}
     machine = machine_info()
+    machine["versions"].update(peer_versions)
     report_warnings = _preflight(variants, sizes, cfg, machine)
     for w in report_warnings:
         warnings.warn(w, stacklevel=2)

@@ -1,6 +1,7 @@
-"""Bench inputs: a model file → a :class:`Variant` (engine, size, params, MACs, input shape) and
-the runner that times it. ONNX variants need no torch; ``.safetensors`` variants run in PyTorch
-eager (or ``torch.compile``) through :class:`TorchRunner`."""
+"""Bench inputs: a model file → a :class:`Variant` (engine, precision, size, params, MACs, input
+shape) and the runner that times it. ONNX variants need no torch; ``.safetensors`` variants run in
+PyTorch eager (or ``torch.compile``) through :class:`TorchRunner`; an ONNX file can also run in a
+peer runtime (:func:`peer_variant`, :mod:`compress.bench.peers`)."""
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ class Variant:
 
     name: str
     path: Path
-    engine: str  # "pytorch" | "pytorch.compile" | "onnxruntime" | "onnxruntime-int8"
+    engine: str  # "pytorch" | "pytorch.compile" | "onnxruntime" | "onnxruntime-int8" | "openvino"
     file_bytes: int
     stored_bytes: int | None
     params: int | None
@@ -55,6 +56,8 @@ class Variant:
     model: Any = None
     onnx_path: Path | None = None
     graph_input: tuple[Any, ...] | None = None  # ONNX input shape (ints or symbolic names)
+    precision: str | None = None  # what the engine computes in: "fp32", "int8", "bf16", "int8+bf16", ...
+    peer: str | None = None  # a peer runtime running the ONNX file (compress.bench.peers.PEERS)
     warnings: list[str] = field(default_factory=list)
     _macs: dict[tuple[int, int, int], int | None] = field(default_factory=dict)
 
@@ -82,10 +85,44 @@ class Variant:
         return self._macs[size]
 
     def runner(self, threads: int, *, spinning: bool = False):
-        """A fresh runner for this variant (ONNX Runtime session at ``threads``, or the module)."""
+        """A fresh runner for this variant (ONNX Runtime session or peer runtime's compiled model
+        at ``threads``, or the module)."""
+        if self.peer is not None:
+            from .peers import OpenVinoRunner
+
+            return OpenVinoRunner(self.onnx_path, threads, self.peer)
         if self.is_onnx:
             return OnnxRunner(self.onnx_path, threads, spinning=spinning)
         return TorchRunner(self.model, compile=self.engine == "pytorch.compile")
+
+
+def _float_precision(proto) -> str:
+    """"fp16" for a graph taking float16 input (as :class:`OnnxRunner` feeds it), else "fp32"."""
+    from onnx import TensorProto
+
+    init_names = {i.name for i in proto.graph.initializer}
+    first = next(i for i in proto.graph.input if i.name not in init_names)
+    return "fp16" if first.type.tensor_type.elem_type == TensorProto.FLOAT16 else "fp32"
+
+
+def peer_variant(v: Variant, peer: str) -> Variant:
+    """``v``'s ONNX file run by the peer runtime ``peer`` (e.g. "openvino"), named "NAME [peer]".
+    Compiles it once to read the precision the runtime really uses; :class:`UserError` when the
+    runtime is missing or cannot load the file."""
+    from .peers import OpenVinoRunner
+
+    if not v.is_onnx:
+        raise UserError(f"{v.name}: peer runtimes run ONNX files only")
+    try:
+        precision = OpenVinoRunner(v.onnx_path, 1, peer).precision
+    except UserError:
+        raise
+    except Exception as e:  # openvino raises its own exception types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{v.path}: OpenVINO cannot load it ({first[:200]})") from None
+    return Variant(name=f"{v.name} [{peer}]", path=v.path, engine="openvino", file_bytes=v.file_bytes,
+                   stored_bytes=v.stored_bytes, params=v.params, meta=v.meta, onnx_path=v.onnx_path,
+                   graph_input=v.graph_input, precision=precision, peer=peer, _macs=v._macs)
 
 
 def load_variant(path: str | os.PathLike, name: str | None = None) -> Variant:
@@ -95,7 +132,7 @@ def load_variant(path: str | os.PathLike, name: str | None = None) -> Variant:
     loaded = open_model_file(path)
     v = Variant(name=name or path.name, path=path, engine="pytorch", file_bytes=path.stat().st_size,
                 stored_bytes=loaded.stored_bytes, params=None, meta=loaded.meta, model=loaded.model,
-                onnx_path=loaded.onnx_path)
+                onnx_path=loaded.onnx_path, precision="fp32")
     if loaded.onnx_path is None:
         from models import count_params
 
@@ -105,7 +142,9 @@ def load_variant(path: str | os.PathLike, name: str | None = None) -> Variant:
     from ..onnx_meta import load_onnx
 
     proto = load_onnx(loaded.onnx_path)
-    v.engine = "onnxruntime-int8" if is_quantized(proto) else "onnxruntime"
+    quantized = is_quantized(proto)
+    v.engine = "onnxruntime-int8" if quantized else "onnxruntime"
+    v.precision = "int8" if quantized else _float_precision(proto)
     v.params = stored_params(proto)
     v.graph_input = input_shape(proto)
     if loaded.meta is None:

@@ -2,14 +2,18 @@
 
 Inputs are model artifacts (.safetensors: PyTorch eager, plus torch.compile with --compile) and
 ONNX files (ONNX Runtime; int8 models too), in any mix; the first is the baseline every ratio
-refers to. For each batch size x thread count all variants are warmed up, then timed
-interleaved (A B C A B C ...) until the time budget is spent, so drift on a shared CPU hits them
-alike. Reported: p50/p90/p99 latency per batch (ms), IQR, images/s, speedup over the baseline,
-achieved GMAC/s; params, MACs, file size; with --data, accuracy and agreement with the baseline.
+refers to. --peers also runs every ONNX file in OpenVINO (pip install -e '.[peers]'):
+"openvino" with its defaults (bfloat16 on CPUs that have it), "openvino-f32" held to fp32.
+For each batch size x thread count all variants are warmed up, then timed interleaved
+(A B C A B C ...) until the time budget is spent, so drift on a shared CPU hits them alike.
+Reported: p50/p90/p99 latency per batch (ms), IQR, images/s, speedup over the baseline, achieved
+GMAC/s; engine, the precision it really computes in, params, MACs, file size; with --data,
+accuracy and agreement with the baseline.
 
     compress bench base.safetensors base.onnx base.int8.onnx --batch 1,8 --threads 1,2
     compress bench base.onnx pruned.onnx --data digits --out runs/bench
     compress bench mobilenet_v2.safetensors mobilenet_v2.onnx --input-size 224 -o runs/mnv2
+    compress bench base.onnx base.int8.onnx --peers openvino,openvino-f32 --data digits
 """
 from __future__ import annotations
 

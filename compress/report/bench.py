@@ -13,13 +13,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def format_report(report: "BenchReport") -> str:
-    """Two terminal tables: the variants (size, params, MACs, accuracy) and the latency cells."""
+    """Two terminal tables: the variants (engine, precision, size, params, MACs, accuracy) and the
+    latency cells."""
     from ..sysinfo import describe_machine
 
     static_rows = []
     for v in report.variants:
-        row = {"model": v["model"], "engine": v["engine"], "size": human_bytes(v["file_bytes"]),
-               "x size": ratio(v["size_ratio"]),
+        row = {"model": v["model"], "engine": v["engine"], "precision": v.get("precision"),
+               "size": human_bytes(v["file_bytes"]), "x size": ratio(v["size_ratio"]),
                "params": human_count(v["params"]) if v["params"] is not None else None,
                "MACs": human_count(v["macs"]) if v["macs"] is not None else None, "input": v["input"]}
         if any(x["stored_bytes"] is not None for x in report.variants):
@@ -43,7 +44,7 @@ def format_report(report: "BenchReport") -> str:
     return "\n".join(parts)
 
 
-CSV_COLUMNS = ("model", "engine", "batch", "threads", "input", "runs", "p50_ms", "p90_ms", "p99_ms",
+CSV_COLUMNS = ("model", "engine", "precision", "batch", "threads", "input", "runs", "p50_ms", "p90_ms", "p99_ms",
                "mean_ms", "std_ms", "iqr_ms", "min_ms", "max_ms", "throughput", "speedup", "latency_ratio",
                "gmacs_per_s", "file_bytes", "stored_bytes", "size_ratio", "params", "params_ratio", "macs",
                "macs_ratio", "accuracy", "agreement")

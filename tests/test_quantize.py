@@ -1,0 +1,243 @@
+"""compress quantize --int8 / --dynamic: the calibration images are the service's preprocessing,
+the search keeps the fastest candidate at or above its agreement threshold and never returns one
+below it, the sensitivity fallback keeps nodes in float, the output is a served-as-is ONNX graph,
+and bad input exits 2 with one line."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from compress.cli import main
+from compress.errors import UserError
+from compress.quantize import int8
+from compress.quantize.api import quantize_artifact
+from compress.quantize.calib import ArrayReader, _sample, quantization_data
+from compress.quantize.config import QuantizeConfig
+from tests.test_serve import digits_onnx, encode  # noqa: F401  (a session fixture: tiny digits model)
+
+QUICK = dict(calib_samples=16, eval_samples=120, budget=0.05, threads=1, test=False)
+
+
+def quick(**kw) -> QuantizeConfig:
+    return QuantizeConfig(int8=True, **{**QUICK, **kw})
+
+
+def meta_of(path: Path):
+    from compress.onnx_meta import read_onnx_meta
+
+    return read_onnx_meta(path)
+
+
+# ----------------------------------------------------------------------------- calibration data
+
+def test_calibration_images_are_the_services_preprocessing(digits_onnx):
+    """The calibration arrays equal what serve/ computes for the same digit images uploaded as PNG."""
+    from compress.data.datasets import seeded_split
+    from compress.data.digits import SPLIT_FRACTIONS, _raw_digits, scan_to_image
+    from serve.engine import Model
+    from serve.images import decode_image
+
+    data = quantization_data(meta_of(digits_onnx), None, calib_samples=24, eval_samples=10, test=False)
+    scans, targets = _raw_digits()
+    train, _, _ = seeded_split(len(scans), SPLIT_FRACTIONS, 0, strata=targets)
+    picked = train[_sample(len(train), 24, 0)]
+    served = Model("digits", digits_onnx)
+    expected = np.stack([served.transform(decode_image(encode(scan_to_image(scans[i])), max_pixels=10_000))
+                         for i in picked])
+    assert data.calib.shape == expected.shape == (24, 3, 32, 32)
+    assert np.array_equal(data.calib, expected)
+    assert len(data.eval) == 10 and "val" in data.source["agreement"]
+
+
+def test_calibration_sample_is_seeded_and_distinct():
+    a, b, c = _sample(1000, 50, 0), _sample(1000, 50, 0), _sample(1000, 50, 1)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(set(a.tolist())) == 50 and a.max() < 1000
+    assert np.array_equal(_sample(7, 50, 0), np.arange(7))  # fewer images than asked: all of them
+
+
+def test_array_reader_yields_every_image_once_per_pass():
+    images = np.arange(10 * 3 * 2 * 2, dtype=np.float32).reshape(10, 3, 2, 2)
+    reader = ArrayReader("x", images, batch=4)
+    for _ in range(2):
+        batches = []
+        while (b := reader.get_next()) is not None:
+            batches.append(b["x"])
+        assert [len(b) for b in batches] == [4, 4, 2] and len(reader) == 3
+        assert np.array_equal(np.concatenate(batches), images)
+        reader.rewind()
+    with pytest.raises(UserError):
+        ArrayReader("x", np.zeros((0, 3, 2, 2), np.float32))
+
+
+# ----------------------------------------------------------------------------- the search
+
+def test_search_writes_the_fastest_candidate_at_or_above_the_threshold(digits_onnx, tmp_path, monkeypatch):
+    """With timings planted (QOperator U8S8 per-tensor fastest), that structure wins when it agrees
+    enough; the slower structures are left unscored; the output is a served-as-is INT8 graph."""
+    planted = {("qoperator", "u8s8", False): 1.0}
+    real_time = int8.time_models
+
+    def fake_time(paths, size, **kw):
+        stats = real_time(paths[:1], size, batch=1, threads=1, budget_s=0.0)
+        out = [stats[0]]
+        for p in paths[1:]:
+            idx = int(Path(p).stem.split("-")[1])
+            out.append(type(stats[0]).from_seconds([planted.get(order[idx], 5.0) / 1000], 1, 1))
+        return out
+
+    order = [c.structure() for c in int8.structures(("qdq", "qoperator"), ("s8s8", "u8s8"), (True, False))]
+    monkeypatch.setattr(int8, "time_models", fake_time)
+    out = tmp_path / "q.onnx"
+    result = quantize_artifact(digits_onnx, out, quick(min_agreement=0.5, calibration="minmax"))
+    assert (result.chosen["format"], result.chosen["types"], result.chosen["per_channel"]) == \
+        ("qoperator", "u8s8", False)
+    assert result.chosen["agreement"] >= 0.5 and result.chosen["status"] == "chosen"
+    assert sum(t["status"] == "chosen" for t in result.trials) == 1
+    assert all(t["agreement"] is None for t in result.trials if t["status"] == "not scored")
+    proto = onnx.load(str(out))
+    assert any(n.op_type == "QLinearConv" for n in proto.graph.node)
+    props = {p.key: p.value for p in proto.metadata_props}
+    history = json.loads(props["history"])
+    assert history[-1]["stage"] == "quantize" and history[-1]["params"]["types"] == "u8s8"
+    assert json.loads(props["labels"]) == meta_of(digits_onnx).labels
+    report = json.loads((tmp_path / "q.onnx.json").read_text())
+    assert report["chosen"]["label"] == result.chosen["label"] and len(report["trials"]) == len(result.trials)
+
+
+def test_search_never_returns_a_candidate_below_the_threshold(digits_onnx, tmp_path):
+    """The barely trained digits model disagrees with its INT8 versions somewhere: at 100% and no
+    fallback nothing passes, the stage refuses with its table and writes nothing."""
+    out = tmp_path / "q.onnx"
+    cfg = quick(min_agreement=1.0, max_exclude=0, calibration="minmax", types="u8s8", eval_samples=269)
+    with pytest.raises(int8.QuantizationRefused) as caught:
+        quantize_artifact(digits_onnx, out, cfg)
+    assert not out.exists() and not (tmp_path / "q.onnx.json").exists()
+    trials = caught.value.result.trials
+    assert trials and all(t["agreement"] is None or t["agreement"] < 1.0 for t in trials)
+    assert caught.value.exit_code == 1
+
+
+def test_fallback_keeps_the_most_sensitive_nodes_in_float(digits_onnx, tmp_path):
+    """At 100% the fallback excludes nodes; whatever it returns has agreement >= 100% and names
+    the excluded nodes, else it refuses."""
+    out = tmp_path / "q.onnx"
+    cfg = quick(min_agreement=1.0, max_exclude=64, calibration="minmax", types="u8s8", quant_format="qdq",
+                per_channel="on", eval_samples=269)
+    try:
+        result = quantize_artifact(digits_onnx, out, cfg)
+    except int8.QuantizationRefused as e:
+        result = e.result
+        assert not out.exists()
+    else:
+        assert result.agreement == 1.0 and result.chosen["exclude"]
+        excluded = set(result.chosen["exclude"])
+        kept = [n for n in onnx.load(str(out)).graph.node if n.name in excluded]
+        assert kept and all(n.op_type in int8.QUANTIZABLE_OPS for n in kept)
+        assert all(n.input[1] in {i.name for i in onnx.load(str(out)).graph.initializer} for n in kept
+                   if n.op_type == "Conv")  # float weights, no DequantizeLinear in front
+    assert any("most sensitive" in n for n in result.notes)
+    assert result.sensitivity and result.sensitivity[0]["sqnr_drop_db"] >= result.sensitivity[-1]["sqnr_drop_db"]
+
+
+def test_sqnr_db():
+    ref = np.ones(1000, np.float32)
+    assert math.isinf(int8.sqnr_db(ref, ref.copy()))
+    assert int8.sqnr_db(ref, ref + 0.1) == pytest.approx(20.0, abs=1e-4)  # S/N = 1 / 0.01
+    assert int8.sqnr_db(ref, ref + 0.01) == pytest.approx(40.0, abs=1e-4)
+
+
+def test_node_sensitivity_ranks_the_node_that_adds_the_error(tmp_path):
+    """Two chained 1x1 convolutions; only the second one's weights are perturbed in the 'QDQ'
+    graph: it is ranked first with a positive drop, the first one with none."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def graph(w2: np.ndarray, path: Path) -> Path:
+        w1 = np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1)
+        nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="first"),
+                 helper.make_node("Conv", ["a", "w2"], ["y"], name="second")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    w2 = np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1)
+    ref = graph(w2, tmp_path / "f.onnx")
+    noisy = graph(w2 + 0.05, tmp_path / "q.onnx")
+    images = np.random.default_rng(0).standard_normal((8, 2, 3, 3)).astype(np.float32)
+    ranking = int8.node_sensitivity(ref, noisy, images, tmp_path)
+    assert [n for n, _ in ranking] == ["second", "first"]
+    assert ranking[0][1] > 10 and ranking[1][1] == 0
+
+
+def test_dynamic_mode_and_safetensors_input(digits_onnx, tmp_path):
+    """--dynamic quantizes without calibration; a .safetensors input is exported first."""
+    art = digits_onnx.with_suffix(".safetensors")
+    out = tmp_path / "d.onnx"
+    result = quantize_artifact(art, out, QuantizeConfig(dynamic=True, **{**QUICK, "min_agreement": 0.5}))
+    assert result.mode == "dynamic" and result.chosen["agreement"] >= 0.5
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ops & {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_config_rules():
+    with pytest.raises(UserError, match="nothing to do"):
+        QuantizeConfig().validate()
+    with pytest.raises(UserError, match="one of"):
+        QuantizeConfig(int8=True, dynamic=True).validate()
+    with pytest.raises(UserError):
+        QuantizeConfig(int8=True, min_agreement=1.5).validate()
+    with pytest.raises(UserError):
+        QuantizeConfig(int8=True, types="s8u8").validate()
+    assert QuantizeConfig(int8=True, types="u8s8").validate().pinned() == {"types": "u8s8"}
+
+
+def _no_metadata_copy(src: Path, dst: Path) -> Path:
+    proto = onnx.load(str(src))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["no-metadata", "no-metadata-calib", "quantized", "same-file", "suffix",
+                                  "missing", "not-onnx", "bad-format"])
+def test_bad_input_exits_2_with_one_line(case, digits_onnx, tmp_path, capsys):
+    src, out, extra = digits_onnx, tmp_path / "q.onnx", []
+    if case.startswith("no-metadata"):
+        src = _no_metadata_copy(digits_onnx, tmp_path / "foreign.onnx")
+        extra = ["--calib", "digits"] if case.endswith("calib") else []
+    elif case == "quantized":
+        from onnxruntime.quantization import quantize_dynamic
+
+        src = tmp_path / "already.onnx"
+        quantize_dynamic(str(digits_onnx), str(src))
+    elif case == "same-file":
+        src = tmp_path / "same.onnx"
+        src.write_bytes(digits_onnx.read_bytes())
+        out = src
+    elif case == "suffix":
+        out = tmp_path / "q.safetensors"
+    elif case == "missing":
+        src = tmp_path / "nope.onnx"
+    elif case == "not-onnx":
+        src = tmp_path / "junk.onnx"
+        src.write_bytes(b"definitely not a model")
+    elif case == "bad-format":
+        extra = ["--format", "qlinear"]
+    before = src.read_bytes() if src.exists() else None
+    code = main(["quantize", str(src), "--int8", "--quiet", "-o", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("compress quantize: error:") and "Traceback" not in err
+    if before is not None:
+        assert src.read_bytes() == before
+    if case != "same-file":
+        assert not out.exists()
