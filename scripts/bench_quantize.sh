@@ -6,7 +6,8 @@
 # 92.50% model of `DATA=fashion-mnist bash scripts/bench_prune.sh`) and its 50%-pruned version
 # (PRUNED, default runs/bench_prune_fashion/mnv2-p50.safetensors):
 #  1. export to ONNX; `compress quantize --int8` (the search, timed at the training size 28x28,
-#     batch 1, 2 threads); NNCF's PTQ of the same ONNX file on the same calibration images
+#     batch 1, 2 threads), and the same with --format qdq (OpenVINO reads QDQ, not ONNX Runtime's
+#     QOperator ops); NNCF's PTQ of the same ONNX file on the same calibration images
 #     (scripts/nncf_ptq.py);
 #  2. `compress bench` of fp32 / our INT8 / NNCF INT8 in ONNX Runtime, plus OpenVINO (default
 #     settings, which compute in bf16 on this CPU, and with the f32 hint) on each of those files,
@@ -51,10 +52,13 @@ for name in base pruned; do
   s=$(date +%s)
   "$BIN/compress" export "$src" -o "$OUT/$name.onnx" > /dev/null
   "$BIN/compress" quantize "$OUT/$name.onnx" --int8 --threads 2 -o "$OUT/$name.int8.onnx" | tee "$OUT/$name.quantize.txt"
+  # the best QDQ form too: OpenVINO cannot read ONNX Runtime's QOperator graphs (com.microsoft ops)
+  "$BIN/compress" quantize "$OUT/$name.onnx" --int8 --format qdq --threads 2 -o "$OUT/$name.int8qdq.onnx" \
+    | tee "$OUT/$name.quantize-qdq.txt"
   "$BIN/python" scripts/nncf_ptq.py "$OUT/$name.onnx" -o "$OUT/$name.nncf.onnx"
   echo "$name: export + quantize search + NNCF: $(( $(date +%s) - s )) s" | tee -a "$OUT/times.txt"
   s=$(date +%s)
-  "$BIN/compress" bench "$OUT/$name.onnx" "$OUT/$name.int8.onnx" "$OUT/$name.nncf.onnx" \
+  "$BIN/compress" bench "$OUT/$name.onnx" "$OUT/$name.int8.onnx" "$OUT/$name.int8qdq.onnx" "$OUT/$name.nncf.onnx" \
     --peers openvino,openvino-f32 --data fashion-mnist --batch 1,8 --threads 2 -o "$OUT/$name-28" \
     | tee "$OUT/$name-28.txt"
   echo "$name: bench at 28x28: $(( $(date +%s) - s )) s" | tee -a "$OUT/times.txt"
@@ -66,8 +70,13 @@ for name in base pruned; do
   "$BIN/compress" quantize "$OUT/$name.twin.onnx" --int8 --threads 2 --input-size 224 --calib-samples 128 \
     --min-agreement 0.9 $(chosen "$OUT/$name.int8.onnx.json") -o "$OUT/$name.twin.int8.onnx" \
     | tee "$OUT/$name.twin.quantize.txt"
+  # shellcheck disable=SC2046
+  "$BIN/compress" quantize "$OUT/$name.twin.onnx" --int8 --threads 2 --input-size 224 --calib-samples 128 \
+    --min-agreement 0.9 $(chosen "$OUT/$name.int8qdq.onnx.json") -o "$OUT/$name.twin.int8qdq.onnx" \
+    | tee "$OUT/$name.twin.quantize-qdq.txt"
   "$BIN/python" scripts/nncf_ptq.py "$OUT/$name.twin.onnx" --calib-samples 128 -o "$OUT/$name.twin.nncf.onnx"
-  "$BIN/compress" bench "$OUT/$name.twin.onnx" "$OUT/$name.twin.int8.onnx" "$OUT/$name.twin.nncf.onnx" \
+  "$BIN/compress" bench "$OUT/$name.twin.onnx" "$OUT/$name.twin.int8.onnx" "$OUT/$name.twin.int8qdq.onnx" \
+    "$OUT/$name.twin.nncf.onnx" \
     --peers openvino,openvino-f32 --input-size 224 --batch 1,8 --threads 2 -o "$OUT/$name-224" \
     | tee "$OUT/$name-224.txt"
   echo "$name: 224x224 twins: $(( $(date +%s) - s )) s" | tee -a "$OUT/times.txt"

@@ -70,6 +70,8 @@ def files(tmp_path_factory):
     export_onnx(_tiny_cnn(), meta, d / "tiny.onnx")
     quantize_static(str(d / "tiny.onnx"), str(d / "tiny.int8.onnx"), _Reader("input"), quant_format=QuantFormat.QDQ)
     quantize_dynamic(str(d / "tiny.onnx"), str(d / "tiny.dyn.onnx"))
+    quantize_static(str(d / "tiny.onnx"), str(d / "tiny.qop.onnx"), _Reader("input"),
+                    quant_format=QuantFormat.QOperator)  # com.microsoft QGemm & co.: OpenVINO has no rule
     a = models.create_model("mobilenet_v2", num_classes=10, small_input=True, width_mult=0.25).eval()
     save_model(a, d / "a.safetensors", ModelMeta.for_model(a, input_size=[3, 16, 16]))
     torch.set_num_threads(before)
@@ -245,3 +247,15 @@ def test_nncf_ptq_calibrates_on_our_int8_images_and_keeps_metadata(files, tmp_pa
     assert script.main([str(src), "-o", str(tmp_path / "x.onnx")]) == 2  # no data set recorded or given
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--calib" in err[1]
+
+
+@needs_openvino
+def test_a_file_openvino_cannot_read_leaves_its_column_out_with_a_warning(files):
+    """ONNX Runtime's QOperator graph uses com.microsoft ops OpenVINO cannot convert: the bench
+    still runs, that file's [openvino] variant is missing and a warning says why."""
+    paths = [files / "tiny.onnx", files / "tiny.qop.onnx"]
+    report = run_benchmark(paths, BenchConfig(threads=[1], warmup=0, min_runs=2, budget=0, plot=False,
+                                              peers=["openvino-f32"]))
+    names = [v["model"] for v in report.variants]
+    assert names == ["tiny.onnx", "tiny.onnx [openvino-f32]", "tiny.qop.onnx"]
+    assert any("tiny.qop.onnx" in w and "OpenVINO cannot load it" in w for w in report.warnings)

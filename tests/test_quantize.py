@@ -14,6 +14,7 @@ import pytest
 
 from compress.cli import main
 from compress.errors import UserError
+from compress.onnx_graph import onnx_macs
 from compress.quantize import int8
 from compress.quantize.api import quantize_artifact
 from compress.quantize.calib import ArrayReader, _sample, quantization_data
@@ -102,6 +103,9 @@ def test_search_writes_the_fastest_candidate_at_or_above_the_threshold(digits_on
     assert all(t["agreement"] is None for t in result.trials if t["status"] == "not scored")
     proto = onnx.load(str(out))
     assert any(n.op_type == "QLinearConv" for n in proto.graph.node)
+    # MACs still counted through ONNX Runtime's com.microsoft ops (QLinearAdd, QLinearGlobalAveragePool, QGemm)
+    assert any(n.domain == "com.microsoft" for n in proto.graph.node)
+    assert onnx_macs(out, (3, 32, 32)) == onnx_macs(digits_onnx, (3, 32, 32)) > 0
     props = {p.key: p.value for p in proto.metadata_props}
     history = json.loads(props["history"])
     assert history[-1]["stage"] == "quantize" and history[-1]["params"]["types"] == "u8s8"

@@ -20,7 +20,7 @@ from ..config import StageConfig, option, parse_list
 from ..errors import UserError
 from ..runtime import LatencyStats, measure_interleaved, random_images
 from .peers import PEERS, openvino_version
-from .variants import Variant, load_variant, peer_variant
+from .variants import PeerCannotLoad, Variant, load_variant, peer_variant
 
 _positive = (lambda v: all(x >= 1 for x in v), "values must be >= 1")
 
@@ -112,8 +112,11 @@ def _load_variants(paths: list[Path], compile: bool, peers: Sequence[str] = ()) 
             variants.append(Variant(name=f"{n} [compile]", path=p, engine="pytorch.compile",
                                     file_bytes=v.file_bytes, stored_bytes=v.stored_bytes, params=v.params,
                                     meta=v.meta, model=v.model, precision=v.precision, _macs=v._macs))
-        if v.is_onnx:
-            variants += [peer_variant(v, peer) for peer in dict.fromkeys(peers)]
+        for peer in dict.fromkeys(peers) if v.is_onnx else ():
+            try:
+                variants.append(peer_variant(v, peer))
+            except PeerCannotLoad as e:
+                v.warnings.append(str(e))
     return variants
 
 

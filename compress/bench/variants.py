@@ -105,10 +105,15 @@ def _float_precision(proto) -> str:
     return "fp16" if first.type.tensor_type.elem_type == TensorProto.FLOAT16 else "fp32"
 
 
+class PeerCannotLoad(UserError):
+    """A peer runtime that is installed cannot read this ONNX file (e.g. OpenVINO and ONNX
+    Runtime's com.microsoft QOperator ops): the bench leaves that column out with a warning."""
+
+
 def peer_variant(v: Variant, peer: str) -> Variant:
     """``v``'s ONNX file run by the peer runtime ``peer`` (e.g. "openvino"), named "NAME [peer]".
     Compiles it once to read the precision the runtime really uses; :class:`UserError` when the
-    runtime is missing or cannot load the file."""
+    runtime is missing, :class:`PeerCannotLoad` when it cannot load the file."""
     from .peers import OpenVinoRunner
 
     if not v.is_onnx:
@@ -119,7 +124,8 @@ def peer_variant(v: Variant, peer: str) -> Variant:
         raise
     except Exception as e:  # openvino raises its own exception types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{v.path}: OpenVINO cannot load it ({first[:200]})") from None
+        raise PeerCannotLoad(f"{v.path}: OpenVINO cannot load it ({first[:200]}); its [{peer}] column is "
+                             "left out") from None
     return Variant(name=f"{v.name} [{peer}]", path=v.path, engine="openvino", file_bytes=v.file_bytes,
                    stored_bytes=v.stored_bytes, params=v.params, meta=v.meta, onnx_path=v.onnx_path,
                    graph_input=v.graph_input, precision=precision, peer=peer, _macs=v._macs)
