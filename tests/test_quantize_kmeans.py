@@ -300,3 +300,25 @@ def test_cli_onnx_input_exits_2(tmp_path, capsys):
     assert main(["quantize", str(onnx), "--kmeans-bits", "4", "-o", str(tmp_path / "y.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert "works on the .safetensors artifact" in err and len(err.splitlines()) == 1
+
+
+def test_report_groups_many_layers_by_kind_and_bits():
+    """Up to 12 shared layers: one row each; more: one row per (kind, bits) with summed weights and
+    zeros and the largest count of distinct values."""
+    from types import SimpleNamespace
+
+    from compress.report.kmeans import PER_LAYER_ROWS, _layer_rows
+
+    def layer(i, kind, bits):
+        return SimpleNamespace(name=f"l{i}", kind=kind, bits=bits, weights=100 + i, values=min(i + 2, 2 ** bits),
+                               zeros=i % 3)
+
+    few = SimpleNamespace(layers=[layer(i, "conv", 4) for i in range(PER_LAYER_ROWS)])
+    assert [r["layer"] for r in _layer_rows(few)] == [f"l{i}" for i in range(PER_LAYER_ROWS)]
+    layers = [layer(i, "conv", 5) for i in range(12)] + [layer(12, "fc", 4)]
+    rows = {(r["kind"], r["bits"]): r for r in _layer_rows(SimpleNamespace(layers=layers))}
+    assert set(rows) == {("conv", 5), ("fc", 4)}
+    assert rows[("conv", 5)]["weights"] == sum(100 + i for i in range(12))
+    assert rows[("conv", 5)]["zeros"] == sum(i % 3 for i in range(12))
+    assert rows[("conv", 5)]["values"] == "<= 13" and rows[("fc", 4)]["values"] == "<= 14"
+    assert rows[("fc", 4)]["layer"] == "1 fc layers"

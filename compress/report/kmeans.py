@@ -11,12 +11,26 @@ if TYPE_CHECKING:  # pragma: no cover
 _STAGES = (("before", "input model"), ("kmeans", "shared (k-means)"), ("finetuned", "shared + fine-tuned"))
 
 
+PER_LAYER_ROWS = 12  # more shared layers than this: one row per (kind, bits); the JSON has every layer
+
+
+def _layer_rows(result: "KMeansResult") -> list[dict]:
+    if len(result.layers) <= PER_LAYER_ROWS:
+        return [{"layer": r.name, "kind": r.kind, "bits": r.bits, "weights": r.weights, "values": r.values,
+                 "zeros": r.zeros} for r in result.layers]
+    groups: dict[tuple[str, int], list] = {}
+    for r in result.layers:
+        groups.setdefault((r.kind, r.bits), []).append(r)
+    return [{"layer": f"{len(rs)} {kind} layers", "kind": kind, "bits": bits,
+             "weights": sum(r.weights for r in rs), "values": f"<= {max(r.values for r in rs)}",
+             "zeros": sum(r.zeros for r in rs)} for (kind, bits), rs in groups.items()]
+
+
 def format_kmeans(result: "KMeansResult") -> str:
-    """Per shared layer: kind, bits, weights, distinct values, zeros kept; then the accuracy of the
-    input, the shared and the fine-tuned model per split; then the storage estimate."""
-    rows = [{"layer": r.name, "kind": r.kind, "bits": r.bits, "weights": r.weights, "values": r.values,
-             "zeros": r.zeros} for r in result.layers]
-    parts = [format_table(rows, ["layer", "kind", "bits", "weights", "values", "zeros"])]
+    """The shared layers (one row each, or per kind and bits when there are many): kind, bits,
+    weights, distinct values, zeros kept; then the accuracy of the input, the shared and the
+    fine-tuned model per split; then the storage estimate."""
+    parts = [format_table(_layer_rows(result), ["layer", "kind", "bits", "weights", "values", "zeros"])]
     if result.unshared:
         names = ", ".join(result.unshared[:6]) + (f" and {len(result.unshared) - 6} more"
                                                  if len(result.unshared) > 6 else "")
