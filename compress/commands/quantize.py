@@ -9,12 +9,16 @@ by top-1 agreement with the fp32 model on held-out images; the fastest candidate
 lose the most signal to quantization stay in float (up to --max-exclude) and it tries again; if
 still none passes it says so, exits 1 and writes nothing. Calibration images come from the
 model's training data (or --calib), preprocessed exactly as the service preprocesses uploads.
+Given a .safetensors artifact, a search that finds nothing falls back to quantization-aware
+training (--qat auto): fine-tuning with INT8 simulated, distilled from the fp32 model, then
+quantized by ONNX Runtime like the others; --qat on always fine-tunes, --qat off never does.
 
     compress quantize base.onnx --int8 -o base.int8.onnx
     compress quantize base.safetensors --int8 --calib fashion-mnist --min-agreement 0.995 -o q.onnx
     compress quantize base.onnx --int8 --format qdq --types s8s8 --calibration entropy -o q.onnx
     compress quantize base.onnx --int8 --input-size 224 --batch 8 -o q.onnx   # time where you deploy
     compress quantize base.onnx --dynamic -o base.dyn.onnx
+    compress quantize base.safetensors --int8 --qat on --qat-epochs 3 -o base.qat.int8.onnx
 
 k-means weight sharing (input and output .safetensors; codebook + uint8 indices per layer, for
 the Huffman stage; the shared centroids are fine-tuned, distilled from the input model):

@@ -7,6 +7,14 @@
 
 The INT8 output is an ONNX graph with the input's metadata (labels, preprocessing) and one more
 history record, so ``compress serve`` / ``compress bench`` / any ONNX Runtime user run it as is.
+
+Quantization-aware training (``qat``: auto | on | off, :mod:`compress.quantize.qat`): when no
+post-training candidate reaches ``min_agreement`` and the input is a ``.safetensors`` artifact
+(auto), or always (on), the model is fine-tuned with the fastest structure's INT8 simulated,
+exported and quantized by ONNX Runtime with that structure and MinMax ranges; the result is one
+more candidate, scored against the fp32 input's decisions like the others. ``result.qat`` (JSON
+and history: ``qat``) says whether it was needed, whether it ran, why, and the agreement before
+and after.
 """
 from __future__ import annotations
 
@@ -46,6 +54,7 @@ class QuantizeResult:
     int8_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    qat: dict[str, Any] | None = None  # quantization-aware training: needed?, ran?, why, agreement before/after
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -56,7 +65,8 @@ class QuantizeResult:
                 "agreement": self.agreement, "fp32_test_accuracy": self.fp32_test,
                 "int8_test_accuracy": self.int8_test, "test_agreement": self.test_agreement,
                 "fp32_bytes": self.fp32_bytes, "int8_bytes": self.int8_bytes, "trials": self.trials,
-                "sensitivity": self.sensitivity, "notes": self.notes, "seconds": self.seconds, "config": self.config}
+                "sensitivity": self.sensitivity, "qat": self.qat, "notes": self.notes, "seconds": self.seconds,
+                "config": self.config}
 
 
 def _axis(value: str, choices: tuple[str, ...]) -> list[str]:
@@ -89,7 +99,8 @@ def _history_entry(meta, cfg: QuantizeConfig, result: QuantizeResult):
     chosen = result.chosen or {}
     params = {"mode": result.mode, "runtime": "onnxruntime",
               **{k: chosen.get(k) for k in ("format", "types", "per_channel", "calibration", "exclude")},
-              "calibration_data": result.data, "min_agreement": cfg.min_agreement}
+              "calibration_data": result.data, "min_agreement": cfg.min_agreement,
+              "qat": result.qat and {k: v for k, v in result.qat.items() if k != "run"}}
     metrics = {"agreement": result.agreement, "test_accuracy": result.int8_test,
                "fp32_test_accuracy": result.fp32_test, "speedup": chosen.get("speedup"),
                "p50_ms": chosen.get("p50_ms"), "timing": result.timing}
@@ -123,6 +134,8 @@ def quantize_artifact(model_path: str | os.PathLike, output: str | os.PathLike, 
     cfg = config.validate()
     if cfg.mode() == "kmeans":
         raise UserError("k-means weight sharing is kmeans_artifact's job (compress.quantize.kmeans)")
+    if cfg.qat == "on" and cfg.mode() != "int8":
+        raise UserError("--qat on fine-tunes for static INT8; give --int8")
     start = time.perf_counter()
     src, out = Path(model_path), Path(output)
     if out.suffix.lower() != ".onnx":
@@ -132,6 +145,10 @@ def quantize_artifact(model_path: str | os.PathLike, output: str | os.PathLike, 
     with int8.temporary_dir() as tmp:
         work = Path(tmp)
         graph, meta = _onnx_input(src, work, log)
+        has_model = graph != src  # a PyTorch artifact, exported into ``work``: QAT can fine-tune it
+        if cfg.qat == "on" and not has_model:
+            raise UserError(f"{src} is an ONNX graph; quantization-aware training (--qat on) fine-tunes the "
+                            "PyTorch model: give its .safetensors artifact")
         from ..onnx_graph import is_quantized
         from ..onnx_meta import load_onnx
 
@@ -161,18 +178,28 @@ def quantize_artifact(model_path: str | os.PathLike, output: str | os.PathLike, 
                 calibrations=_axis(cfg.calibration, CALIBRATIONS), exclude=cfg.exclude,
                 min_agreement=cfg.min_agreement, max_exclude=cfg.max_exclude, size=size, batch=cfg.batch,
                 threads=threads, budget_s=cfg.budget, work=work, log=log)
+        qat_info = None
+        if cfg.mode() == "int8":
+            outcome, qat_info = _with_qat(src, meta, cfg, outcome, data, fp32, has_model, threads, work, log)
         result = QuantizeResult(mode=cfg.mode(), source=str(src), output=None, report_path=None,
                                 trials=[t.to_dict() for t in outcome.trials],
                                 chosen=outcome.chosen.to_dict() if outcome.chosen else None, fp32_ms=outcome.fp32_ms,
                                 timing=timing, data=data.source, notes=notes + outcome.notes,
                                 sensitivity=[{"node": n, "sqnr_drop_db": round(d, 2)} for n, d in outcome.sensitivity],
-                                config=cfg.to_dict(), fp32_bytes=graph.stat().st_size)
+                                config=cfg.to_dict(), fp32_bytes=graph.stat().st_size, qat=qat_info)
         if outcome.chosen is None:
             result.seconds = time.perf_counter() - start
+            if qat_info and qat_info["ran"]:
+                hint = (f"even after {cfg.qat_epochs} epoch(s) of quantization-aware fine-tuning (QAT agreement "
+                        f"{qat_info['agreement_after']:.2%}); nothing written (lower --min-agreement or raise "
+                        "--qat-epochs)")
+            else:
+                qat_hint = (", or quantize the .safetensors artifact so quantization-aware fine-tuning can run"
+                            if not has_model else ", or --qat auto" if cfg.qat == "off" else "")
+                hint = f"; nothing written (lower --min-agreement or raise --max-exclude{qat_hint})"
             raise int8.QuantizationRefused(
                 f"no INT8 candidate kept {cfg.min_agreement:.2%} top-1 agreement with the fp32 model on "
-                f"{len(data.eval)} held-out images; nothing written (lower --min-agreement, raise --max-exclude, "
-                "or fine-tune with quantization-aware training)", result)
+                f"{len(data.eval)} held-out images{' ' if hint[0] != ';' else ''}{hint}", result)
         chosen = outcome.chosen
         result.agreement = chosen.agreement
         if data.test is not None:
@@ -187,6 +214,43 @@ def quantize_artifact(model_path: str | os.PathLike, output: str | os.PathLike, 
     result.output, result.int8_bytes = out, out.stat().st_size
     result.report_path = write_json(sidecar(out), result.to_dict())
     return result
+
+
+def _with_qat(src: Path, meta, cfg: QuantizeConfig, outcome, data, fp32, has_model: bool, threads: int, work: Path,
+              log: Log):
+    """The search ``outcome`` after quantization-aware training when :func:`qat.plan` says so:
+    the QAT candidate is added to the trials and chosen when it passes (with ``--qat on`` it is
+    preferred to a passing post-training one). Returns (outcome, the ``qat`` record)."""
+    from . import int8, qat
+
+    info = qat.plan(cfg.qat, outcome, min_agreement=cfg.min_agreement, has_model=has_model)
+    target = qat.target_structure(outcome, cfg.exclude) if info["ran"] else None
+    if target is None:
+        if info["ran"]:
+            info.update(ran=False, why=info["why"] + "; no INT8 structure could be built to fine-tune for")
+        return outcome, info
+    log(f"quantization-aware training ({info['why']}) for {target.candidate.label().rsplit(' ', 1)[0]} ...")
+    reference = int8.decisions(int8.predict(fp32, data.eval), data.task)
+    before = qat.structure_agreement(outcome, target)
+    trial, run = qat.qat_candidate(src, cfg, meta, target, data, reference, input_name=fp32.input_name,
+                                   threads=threads, work=work, log=log)
+    outcome.trials.append(trial)
+    info.update(structure=trial.candidate.label(), agreement_before=before,
+                agreement_after=trial.agreement, passed=trial.status == "passed", epochs=run.epochs,
+                steps=run.steps, distill=run.distill, loss=run.loss, run=run.to_dict())
+    if trial.status == "passed":
+        if outcome.chosen is not None:
+            outcome.chosen.status = "passed"
+            if outcome.chosen.candidate.structure() == trial.candidate.structure() and \
+                    outcome.chosen.agreement > trial.agreement:
+                outcome.notes.append(f"--qat on: wrote the QAT candidate ({trial.agreement:.2%}) although "
+                                     f"post-training {outcome.chosen.candidate.label()} agreed more "
+                                     f"({outcome.chosen.agreement:.2%})")
+        outcome.chosen = trial
+    elif outcome.chosen is not None:
+        outcome.notes.append(f"the QAT candidate ({trial.agreement:.2%}) is below --min-agreement; kept the "
+                             "post-training one")
+    return outcome, info
 
 
 def _dynamic(pre: Path, data, fp32, size, cfg: QuantizeConfig, threads: int, work: Path, log: Log):

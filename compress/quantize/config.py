@@ -6,7 +6,9 @@ Modes (:meth:`QuantizeConfig.mode`):
   first). By default a *search*: every structural candidate (QDQ/QOperator x S8S8/U8S8 x
   per-channel or per-tensor) is timed on this CPU, then the fastest are scored with each
   calibration method by top-1 agreement with the fp32 model on held-out images; the fastest
-  candidate at or above ``--min-agreement`` wins. Options given explicitly pin their axis.
+  candidate at or above ``--min-agreement`` wins. Options given explicitly pin their axis. When
+  none does and the input is a ``.safetensors`` artifact, quantization-aware training
+  (``--qat auto``, default) fine-tunes it with INT8 simulated and quantizes the result.
 * ``dynamic``: ONNX Runtime dynamic INT8 (weights INT8, activations quantized at run time).
 * ``kmeans``: Deep Compression's trained quantization of a ``.safetensors`` artifact: per-layer
   k-means weight sharing with ``2^bits`` centroids and fine-tuning of the shared centroids.
@@ -28,6 +30,8 @@ MODES = ("int8", "dynamic", "kmeans")
 
 _I, _S, _T, _K = "INT8 calibration and scoring", "INT8 search space", "INT8 timing", "k-means weight sharing"
 _F, _D = "fine-tuning (k-means)", "data (both modes)"
+_Q = "quantization-aware training"
+QAT_MODES = ("auto", "on", "off")
 _at_least_1 = (lambda v: v >= 1, "must be >= 1")
 _at_least_0 = (lambda v: v >= 0, "must be >= 0")
 _bits = (lambda v: 1 <= v <= 8, "must be between 1 and 8")
@@ -85,6 +89,13 @@ class QuantizeConfig(KDOptions):
                                     group=_T, help="square side to time at (default: the model's input size)")
     budget: float = option(1.0, check=(lambda v: v > 0, "must be > 0 seconds"), group=_T,
                            help="timing seconds per candidate (all timed interleaved with the fp32 model)")
+    # --- INT8: quantization-aware training
+    qat: str = option("auto", choices=QAT_MODES, parse=str.lower, group=_Q,
+                      help="fine-tune with INT8 simulated (fake quantization, distilled from the fp32 model "
+                           "unless --no-distill; --lr, --batch-size, --data, ... of the fine-tuning group) and "
+                           "quantize the result: auto = only when no post-training candidate reaches "
+                           "--min-agreement and the input is a .safetensors artifact; on = always; off = never")
+    qat_epochs: int = option(2, check=_at_least_1, group=_Q, help="epochs of quantization-aware fine-tuning")
     # --- k-means
     conv_bits: int | None = option(None, check=_bits, group=_K,
                                    help="bits of convolution layers (default --kmeans-bits)")

@@ -38,6 +38,12 @@ def format_quantize(result: "QuantizeResult") -> str:
     if result.sensitivity:
         top = ", ".join(f"{s['node']} ({s['sqnr_drop_db']:.1f} dB)" for s in result.sensitivity[:5])
         parts.append(f"most sensitive nodes (SQNR drop): {top}")
+    if result.qat:
+        q = result.qat
+        parts.append(f"QAT: {'ran' if q['ran'] else 'not run'}, {'needed' if q['needed'] else 'not needed'} "
+                     f"({q['why']})" + (f"; {q['epochs']} epoch(s){' distilled' if q['distill'] else ''}, agreement "
+                                        f"{pct(q['agreement_before'], 2)} -> {pct(q['agreement_after'], 2)}"
+                                        if q.get("agreement_after") is not None else ""))
     parts += [f"data: {', '.join(f'{k} {v}' for k, v in result.data.items())}"]
     parts += [f"note: {n}" for n in result.notes]
     return "\n".join(parts)
