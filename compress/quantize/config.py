@@ -29,7 +29,7 @@ KMEANS_INITS = ("linear", "density", "random")
 MODES = ("int8", "dynamic", "kmeans")
 
 _I, _S, _T, _K = "INT8 calibration and scoring", "INT8 search space", "INT8 timing", "k-means weight sharing"
-_F, _D = "fine-tuning (k-means)", "data (both modes)"
+_F, _D = "fine-tuning (k-means, QAT)", "data (every mode)"
 _Q = "quantization-aware training"
 QAT_MODES = ("auto", "on", "off")
 _at_least_1 = (lambda v: v >= 1, "must be >= 1")

@@ -309,7 +309,10 @@ def search(pre: Path, data: QuantData, *, input_name: str, formats: Sequence[str
                                     reference)
         trial.status = "passed" if trial.agreement >= min_agreement else "below threshold"
 
+    fp32_ms: float | None = None  # fp32's p50 in the timing run of the latest trials timed
+
     def timed(trials: list[Trial]) -> None:
+        nonlocal fp32_ms
         live = [t for t in trials if t.status != "failed"]
         if not live:
             return
@@ -318,9 +321,8 @@ def search(pre: Path, data: QuantData, *, input_name: str, formats: Sequence[str
         base = stats[0].p50_ms
         for t, st in zip(live, stats[1:]):
             t.p50_ms, t.speedup = st.p50_ms, base / st.p50_ms
-        nonlocal_fp32[0] = base
+        fp32_ms = base
 
-    nonlocal_fp32: list[float | None] = [None]
     base_cands = [replace(c, exclude=tuple(exclude)) for c in structures(formats, types, per_channel)]
     log(f"building {len(base_cands)} INT8 structure(s) with MinMax ranges from {len(data.calib)} images ...")
     shapes = [build(replace(c, calibration=calibrations[0])) for c in base_cands]
@@ -348,7 +350,7 @@ def search(pre: Path, data: QuantData, *, input_name: str, formats: Sequence[str
             t.note = t.note or "a faster structure passed"
     if chosen is not None:
         chosen.status = "chosen"
-    return SearchOutcome(trials=list(built.values()), chosen=chosen, fp32_ms=nonlocal_fp32[0], notes=notes,
+    return SearchOutcome(trials=list(built.values()), chosen=chosen, fp32_ms=fp32_ms, notes=notes,
                          sensitivity=sensitivity)
 
 
