@@ -27,9 +27,12 @@
 # Throughput at the other levels (4, 16): rounds interleave in-process (N threads calling one
 # 2-thread session) and each server under the aiohttp client for SECONDS. Server RSS (every
 # process of the server) is read from /proc after a 1 s warm-up at each level and again after the
-# last round.
+# last round. The share of ONNX Runtime calls each server ran inline on its event loop thread (a
+# lone request on an idle server, see serve/batching.py) is read from its /metrics around each level.
 # Environment: SECONDS_PER_CELL (default 5), ROUNDS (2), LEVELS (1,4,16), SECONDS1 (15), BLOCK1
-# (0.1), WRK (the wrk binary, default from PATH; WRK= skips it), BIN (.venv/bin).
+# (0.1), WRK (the wrk binary, default from PATH; WRK= skips it), BIN (.venv/bin), MODELS
+# (digits,imagenet224), SETUPS (JSON {name: [server args]} instead of the three above, for A/B runs,
+# e.g. '{"2t": ["--threads", "2"], "2t no inline": ["--threads", "2", "--inline-max-ms", "0"]}').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,9 +97,17 @@ ROUNDS = int(os.environ.get("ROUNDS", 2))
 SECONDS1 = float(os.environ.get("SECONDS1", 15))
 BLOCK1 = float(os.environ.get("BLOCK1", 0.1))
 LEVELS = [int(v) for v in os.environ.get("LEVELS", "1,4,16").split(",")]
-CONFIGS = {"2t": ["--threads", "2"], "2t+mb": ["--threads", "2", "--max-batch", "8", "--max-wait-ms", "2"],
-           "2x1t": ["--workers", "2", "--threads", "1"]}
-BASELINE = {"2t": "in-process", "2t+mb": "in-process", "2x1t": "in-process 1t"}  # same ORT threads
+CONFIGS = json.loads(os.environ.get("SETUPS") or "null") or {
+    "2t": ["--threads", "2"], "2t+mb": ["--threads", "2", "--max-batch", "8", "--max-wait-ms", "2"],
+    "2x1t": ["--workers", "2", "--threads", "1"]}
+MODELS = os.environ.get("MODELS", "digits,imagenet224").split(",")
+
+
+def ort_threads(args: list[str]) -> int:
+    return int(args[args.index("--threads") + 1]) if "--threads" in args else 1
+
+
+BASELINE = {c: "in-process" if ort_threads(args) >= 2 else "in-process 1t" for c, args in CONFIGS.items()}
 CLIENTS = ["raw", "aiohttp"]
 
 
@@ -135,6 +146,21 @@ def tree_rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+def inference_calls(url: str) -> dict[str, float]:
+    """ONNX Runtime calls so far by thread ("inline": on the event loop, "inference": the model's
+    inference thread), summed over models and workers, from the server's /metrics."""
+    calls = {"inline": 0.0, "inference": 0.0}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("serve_inference_calls_total{"):
+            thread = re.search(r'thread="([a-z]+)"', line).group(1)
+            calls[thread] = calls.get(thread, 0.0) + float(line.rsplit(" ", 1)[1])
+    return calls
+
+
+def calls_between(before: dict, after: dict) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
 
 
 def start(cmd: list[str], what: str):
@@ -365,7 +391,7 @@ report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores"
                       "load_average_start": os.getloadavg()},
           "seconds_per_cell": SECONDS, "rounds": ROUNDS, "levels": LEVELS, "configs": CONFIGS,
           "concurrency_1": {"seconds_per_job": SECONDS1, "block_s": BLOCK1, "clients": CLIENTS}, "models": {}}
-for name, onnx in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)):
+for name, onnx in [(n, o) for n, o in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)) if n in MODELS]:
     data, ctype = images()[name]
     body_path = out / f"bench_body_{name}"
     body_path.write_bytes(data)
@@ -374,7 +400,7 @@ for name, onnx in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)):
     try:
         model = Model(name, onnx, threads=2)
         model_1t = Model(name, onnx, threads=1)
-        sample = httpx.post(servers["2t"][1] + "/predict", content=data, headers={"content-type": ctype}).content
+        sample = httpx.post(servers[next(iter(CONFIGS))][1] + "/predict", content=data, headers={"content-type": ctype}).content
         servers["bare uvicorn"] = start([sys.executable, "-c", BARE_APP, str(len(sample))], "bare uvicorn")
         # warm every server at every level (1 s each: thread pools, allocator arenas and ONNX
         # Runtime's buffers reach their working size), then read RSS: growth after that is a leak
@@ -385,8 +411,12 @@ for name, onnx in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)):
         c1: dict = {}
         wrk_check: dict = {}
         urls = {c: servers[c][1] for c in [*CONFIGS, "bare uvicorn"]}
+        calls: dict = {}  # (setup, level) -> ONNX Runtime calls by thread during that level's runs
         if 1 in LEVELS:  # the HTTP overhead: every client, finely interleaved with the in-process baseline
+            before = {c: inference_calls(servers[c][1]) for c in CONFIGS}
             c1 = concurrency_1({"in-process": model, "in-process 1t": model_1t}, data, ctype, urls)
+            for c in CONFIGS:
+                calls[(c, 1)] = calls_between(before[c], inference_calls(servers[c][1]))
             for (setup, client), cell in c1.items():
                 cells[(setup, client, 1)] = [cell]
             if wrk:
@@ -395,9 +425,12 @@ for name, onnx in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)):
             for level in [v for v in LEVELS if v != 1]:
                 cells.setdefault(("in-process", None, level), []).append(in_process(model, data, level, SECONDS))
                 for c in CONFIGS:
+                    before = inference_calls(servers[c][1])
                     rep = asyncio.run(run_loadtest_async(servers[c][1], data, ctype, [level], duration=SECONDS,
                                                          warmup=2))
                     cells.setdefault((c, "aiohttp", level), []).append(rep["levels"][0])
+                    moved = calls_between(before, inference_calls(servers[c][1]))
+                    calls[(c, level)] = {k: calls.get((c, level), {}).get(k, 0.0) + v for k, v in moved.items()}
                 print(f"{name} round {r + 1} level {level}: " + ", ".join(
                     f"{c} {cells[(c, 'aiohttp' if c in CONFIGS else None, level)][-1]['rps']:.0f} req/s"
                     for c in ["in-process", *CONFIGS]), flush=True)
@@ -423,6 +456,7 @@ for name, onnx in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)):
         "ort_only_p50_ms_2_threads": ort_p50,
         "rss_bytes": {c: {"before": rss_before[c], "after": rss_after[c]} for c in CONFIGS},
         "overhead_concurrency_1": overhead, "wrk_cross_check_p50_ms": wrk_check,
+        "inference_calls": {f"{c}@{level}": v for (c, level), v in calls.items()},
         "cells": {f"{s}{'/' + c if c else ''}@{level}": merge(runs) for (s, c, level), runs in cells.items()}}
 report["machine"]["load_average_end"] = os.getloadavg()
 (out / "bench_serve.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -472,6 +506,11 @@ for name, m in report["models"].items():
             if c != "in-process" and level != 1:
                 total_requests += cell["requests"]
                 total_errors += cell["errors"]
+    share = lambda v: f"{100 * v['inline'] / max(1.0, sum(v.values())):.0f}%"  # noqa: E731
+    lines += ["", "ONNX Runtime calls run inline on the event loop thread (the rest on the inference thread), "
+              "by concurrency: " + "; ".join(
+                  f"{c} " + ", ".join(f"{level}: {share(m['inference_calls'][f'{c}@{level}'])}" for level in LEVELS
+                                      if f"{c}@{level}" in m["inference_calls"]) for c in CONFIGS) + "."]
     lines += ["", "Server RSS (all processes) before → after: " + ", ".join(
         f"{c} {v['before'] / 2**20:.0f} → {v['after'] / 2**20:.0f} MiB ({(v['after'] / v['before'] - 1) * 100:+.1f}%)"
         for c, v in m["rss_bytes"].items()) + ".", ""]

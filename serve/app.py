@@ -25,6 +25,17 @@ from .settings import Settings
 SETTINGS_ENV = "SERVE_SETTINGS"
 
 
+class ServeApp(FastAPI):
+    """FastAPI with one shortcut: ``fast_predict`` (a :class:`~serve.routers.predict.FastPredict`)
+    answers plain ``POST /predict`` requests in front of the middleware stack; None turns it off."""
+
+    fast_predict: predict.FastPredict | None = None
+
+    def build_middleware_stack(self):
+        stack = super().build_middleware_stack()
+        return stack if self.fast_predict is None else self.fast_predict.wrap(stack)
+
+
 def create_app(settings: Settings) -> FastAPI:
     service = Service(settings)
 
@@ -36,15 +47,15 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(title="deepcompress-cpu inference service", version=__version__, lifespan=lifespan,
-                  description="Image classification with ONNX Runtime on CPU: `/predict` for images, the Open "
-                              "Inference Protocol v2 (`/v2/...`) for tensors, `/metrics` for Prometheus.")
+    app = ServeApp(title="deepcompress-cpu inference service", version=__version__, lifespan=lifespan,
+                   description="Image classification with ONNX Runtime on CPU: `/predict` for images, the Open "
+                               "Inference Protocol v2 (`/v2/...`) for tensors, `/metrics` for Prometheus.")
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
     for router in (predict.router, oip.health, oip.router, ops.health, ops.router):
         app.include_router(router)
-    app.router.routes.insert(0, predict.FastPredictRoute(service))  # plain POST /predict, same answers
+    app.fast_predict = predict.FastPredict(app, service)  # plain POST /predict, same answers
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # outermost: counts 413s too
     _document_request_schemas(app)

@@ -54,6 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only with --max-batch > 1)")
     b.add_argument("--max-queue", type=int, default=S.DEFAULT_MAX_QUEUE,
                    help="requests waiting for a model before new ones get 503 + Retry-After (default %(default)s)")
+    b.add_argument("--inline-max-ms", type=float, default=S.DEFAULT_INLINE_MAX_MS,
+                   help="a one-image request that finds the server idle runs its inference on the event "
+                        "loop thread (no thread hop) while the model's recent one-image calls took under "
+                        "this many ms; anything else waits for the inference thread (default %(default)s; "
+                        "0 = never inline)")
     b.add_argument("--timeout", type=float, default=S.DEFAULT_TIMEOUT_S,
                    help="per-request timeout in seconds; 504 after it (default %(default)s)")
     lim = p.add_argument_group("limits and safety")
@@ -96,7 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> S.Settings:
                       max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                       max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                       max_files=args.max_files, timeout_s=args.timeout, top_k=args.top_k, api_key=api_key,
-                      ort_spinning=args.ort_spinning)
+                      ort_spinning=args.ort_spinning, inline_max_ms=args.inline_max_ms)
 
 
 def check_models(settings: S.Settings) -> list:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,19 +214,53 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))  # no overflow for large |x|
 
 
+# Up to this many classes the scores are computed on Python floats: a handful of numpy calls costs
+# more than the arithmetic, several times more right after an inference has flushed the CPU caches.
+SMALL_K = 32
+
+
 def top_predictions(info: ModelInfo, logits: np.ndarray, k: int | None, threshold: float | None) \
         -> list[dict[str, Any]]:
-    """``[{label, index, score}]`` for one image's logits (K,), best first.
+    """``[{label, index, score}]`` for one image's logits (K,), best first (ties: lower index first).
 
     multiclass: softmax, the ``k`` best. multilabel: sigmoid, every label scoring at least
-    ``threshold`` (default the model's), at most ``k`` of them when ``k`` is given."""
+    ``threshold`` (default the model's), at most ``k`` of them when ``k`` is given. The scores are
+    those of :func:`softmax` / :func:`sigmoid` in float64 (to the last bit above ``SMALL_K``
+    classes, within rounding, ~1e-15 relative, below)."""
+    if len(logits) <= SMALL_K:
+        return _top_small(info, logits.tolist(), k, threshold)
+    z = logits.astype(np.float64)
     if info.task == "multilabel":
-        scores = sigmoid(logits)
+        scores = 0.5 * (1.0 + np.tanh(0.5 * z))
         cut = info.threshold if threshold is None else threshold
-        order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] >= cut]
+        order = np.argsort(-scores, kind="stable")
+        order = order[scores[order] >= cut]
         if k is not None:
             order = order[:k]
     else:
-        scores = softmax(logits)
-        order = [int(i) for i in np.argsort(-scores, kind="stable")[:k or len(scores)]]
-    return [{"label": info.labels[i], "index": i, "score": float(scores[i])} for i in order]
+        z -= logits.max()
+        scores = np.exp(z, out=z)
+        scores /= scores.sum()
+        order = np.argsort(-scores, kind="stable")[:k or len(scores)]
+    labels = info.labels
+    return [{"label": labels[i], "index": i, "score": score}
+            for i, score in zip(order.tolist(), scores[order].tolist())]
+
+
+def _top_small(info: ModelInfo, logits: list[float], k: int | None, threshold: float | None) \
+        -> list[dict[str, Any]]:
+    """:func:`top_predictions` on Python floats (the same formulas)."""
+    if info.task == "multilabel":
+        scores = [0.5 * (1.0 + math.tanh(0.5 * v)) for v in logits]
+        cut = info.threshold if threshold is None else threshold
+        order = [i for i in sorted(range(len(scores)), key=scores.__getitem__, reverse=True) if scores[i] >= cut]
+        if k is not None:
+            order = order[:k]
+    else:
+        top = max(logits)
+        exps = [math.exp(v - top) for v in logits]
+        total = sum(exps)
+        scores = [e / total for e in exps]
+        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:k or len(scores)]
+    labels = info.labels
+    return [{"label": labels[i], "index": i, "score": scores[i]} for i in order]

@@ -6,6 +6,8 @@ set (``--workers N`` sets it, so ``/metrics`` on any worker reports the sum over
     serve_request_duration_seconds{route}             wall time per request (histogram)
     serve_stage_duration_seconds{model, stage}        decode / preprocess / queue / inference
     serve_batch_size{model}                           images per ONNX Runtime call (histogram)
+    serve_inference_calls_total{model, thread}        ONNX Runtime calls on the "inference" thread or
+                                                      "inline" on the event loop thread (idle server)
     serve_requests_in_flight                          requests being handled now
     serve_queue_depth{model}                          requests waiting for inference now
     process_* / python_*                              RSS, CPU, GC of this process (one worker)
@@ -51,15 +53,36 @@ class Metrics:
                                 ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("serve_batch_size", "Images per ONNX Runtime call.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.inference_calls = Counter("serve_inference_calls", "ONNX Runtime calls, by the thread that ran them: "
+                                       "'inference' (the model's inference thread) or 'inline' (the event loop "
+                                       "thread, for a lone request on an idle server).", ["model", "thread"],
+                                       registry=r)
         gauge_mode = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         self.in_flight = Gauge("serve_requests_in_flight", "Requests being handled now.", registry=r, **gauge_mode)
         self.queue_depth = Gauge("serve_queue_depth", "Requests waiting for inference now.", ["model"],
                                  registry=r, **gauge_mode)
+        self.active = 0  # HTTP requests being handled now by this process (what the inline rule asks)
+        # labelled children by label values: .labels() validates and locks on every call
+        self._stage_children: dict[str, dict] = {}
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
 
     def observe_stages(self, model: str, timings_ms: dict[str, float]) -> None:
+        children = self._stage_children.setdefault(model, {})
         for stage, ms in timings_ms.items():
             if stage != "total":
-                self.stages.labels(model, stage).observe(ms / 1000.0)
+                child = children.get(stage)
+                if child is None:
+                    child = children[stage] = self.stages.labels(model, stage)
+                child.observe(ms / 1000.0)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (self.requests.labels(route, method, str(status)),
+                                                      self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         if self.multiprocess:
@@ -94,11 +117,12 @@ class MetricsMiddleware:
             await send(message)
 
         m.in_flight.inc()
+        m.active += 1
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            m.active -= 1
             m.in_flight.dec()
             route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED
-            m.requests.labels(template, scope.get("method", ""), str(status["code"])).inc()
-            m.latency.labels(template).observe(time.perf_counter() - start)
+            m.observe_request(getattr(route, "path", None) or UNMATCHED, scope.get("method", ""), status["code"],
+                              time.perf_counter() - start)

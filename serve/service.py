@@ -7,7 +7,6 @@ import hmac
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 from fastapi import Depends, Request
@@ -22,8 +21,11 @@ from .settings import Settings
 
 log = logging.getLogger("serve")
 # Images up to this many pixels are decoded on the event loop (well under a millisecond); larger
-# ones go to a worker thread so a big photo never stalls other requests.
+# ones go to a worker thread so a big photo never stalls other requests, unless the request is
+# the only one the server is handling and the image is at most IDLE_INLINE_PIXELS (a 640x480 JPEG
+# decodes and resizes in a few ms): then the hop to the pool and back would only add latency.
 INLINE_PIXELS = 256 * 256
+IDLE_INLINE_PIXELS = 640 * 480
 RETRY_AFTER_S = "1"
 
 
@@ -51,17 +53,24 @@ class Service:
             self.models[spec.name] = model
             queue = InferenceQueue(model.run, name=spec.name, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
                                    max_queue=s.max_queue, on_batch=self._batch_observer(spec.name),
-                                   expecting=lambda name=spec.name: self.preparing[name])
+                                   expecting=lambda name=spec.name: self.preparing[name],
+                                   inline_max_ms=s.inline_max_ms, image_shape=model.image_shape,
+                                   alone=self._alone, on_depth=self.metrics.queue_depth.labels(spec.name).set)
             await queue.start()
             self.queues[spec.name] = queue
         self._warmup = asyncio.create_task(self._warm_up())
 
     async def _warm_up(self) -> None:
-        """One inference per model, and one at the largest micro-batch (ONNX Runtime sizes its
-        memory arena for the biggest batch it has seen, so later batches do not grow the RSS)."""
+        """Inferences per model: a first one (slow: ONNX Runtime allocates; its time is not kept
+        for the inline rule), one of one image (the first time the inline rule judges the model
+        by), and one at the largest micro-batch (ONNX Runtime sizes its memory arena for the
+        biggest batch it has seen, so later batches do not grow the RSS)."""
         for name, model in self.models.items():
+            queue = self.queues[name]
+            await queue.submit(np.zeros((1, *model.image_shape), dtype=np.float32))
+            queue.forget_timings()
             for n in sorted({1, self.settings.max_batch}):
-                await self.queues[name].submit(np.zeros((n, *model.image_shape), dtype=np.float32))
+                await queue.submit(np.zeros((n, *model.image_shape), dtype=np.float32))
             self.ready[name] = True
             log.info("model %s ready (%s, %d classes)", name, model.info.task, model.info.num_classes)
 
@@ -74,9 +83,24 @@ class Service:
             self._image_pool.shutdown(wait=False, cancel_futures=True)
 
     def _batch_observer(self, name: str):
-        def observe(size: int, inference_ms: float) -> None:
-            self.metrics.batch_size.labels(name).observe(size)
+        batch_size = self.metrics.batch_size.labels(name)
+        calls = {True: self.metrics.inference_calls.labels(name, "inline"),
+                 False: self.metrics.inference_calls.labels(name, "inference")}
+
+        def observe(size: int, inference_ms: float, inline: bool) -> None:
+            batch_size.observe(size)
+            calls[inline].inc()
         return observe
+
+    def _alone(self) -> bool:
+        """No HTTP request but the caller's is being handled (warm-up calls have none)."""
+        return self.metrics.active <= 1
+
+    async def _alone_after_yield(self) -> bool:
+        """:meth:`_alone`, asked after yielding once to the loop so that requests already received
+        have started (and count)."""
+        await asyncio.sleep(0)
+        return self._alone()
 
     @property
     def all_ready(self) -> bool:
@@ -90,24 +114,16 @@ class Service:
             raise ServeError(404, f"no model named {name!r}; served: {', '.join(self.models)}") from None
 
     async def infer(self, model: Model, batch: np.ndarray) -> BatchResult:
-        queue = self.queues[model.name]
-        self.metrics.queue_depth.labels(model.name).set(queue.depth)
         try:
-            return await queue.submit(batch)
+            return await self.queues[model.name].submit(batch)
         except QueueFull as e:
             raise ServeError(503, f"server busy: {e}; retry later", {"Retry-After": RETRY_AFTER_S}) from None
-        finally:
-            self.metrics.queue_depth.labels(model.name).set(queue.depth)
 
-    @contextmanager
-    def arriving(self, model: Model):
-        """Marks a request for ``model`` that is reading or decoding its input: the micro-batcher
-        waits for such requests (up to max_wait_ms), never for requests that do not exist."""
-        self.preparing[model.name] += 1
-        try:
-            yield
-        finally:
-            self.preparing[model.name] -= 1
+    def arriving(self, model: Model) -> "_Arriving":
+        """Marks a request for ``model`` that is reading or decoding its input (a context manager):
+        the micro-batcher waits for such requests (up to max_wait_ms), never for requests that do
+        not exist, and the inline rule runs nothing on the event loop while there are any."""
+        return _Arriving(self.preparing, model.name)
 
     async def prepare(self, model: Model, images: list[bytes]) -> tuple[np.ndarray, float, float]:
         """Decode and preprocess images → (batch (n, C, H, W), decode ms, preprocess ms).
@@ -125,21 +141,52 @@ class Service:
             t0 = time.perf_counter()
             try:
                 image = open_image(data, max_pixels=self.settings.max_pixels)
-                inline = image.width * image.height <= INLINE_PIXELS
-                image = load_image(image) if inline else await loop.run_in_executor(self._image_pool, load_image, image)
+                pixels = image.width * image.height
+                if pixels <= INLINE_PIXELS or (pixels <= IDLE_INLINE_PIXELS and await self._alone_after_yield()):
+                    array, t1 = decode_and_transform(model.transform, image)
+                else:  # both stages in one trip to the pool: one thread hop, not two
+                    array, t1 = await loop.run_in_executor(self._image_pool, decode_and_transform,
+                                                           model.transform, image)
             except ImageError as e:
                 raise ServeError(e.status, which + str(e)) from None
-            t1 = time.perf_counter()
-            try:
-                arrays.append(model.transform(image) if inline else
-                              await loop.run_in_executor(self._image_pool, model.transform, image))
-            except (OSError, ValueError) as e:  # a mode Pillow cannot convert, say
-                raise ServeError(400, f"{which}cannot convert image ({image.mode}): {e}") from None
+            except CannotConvert as e:  # a mode Pillow cannot convert, say
+                raise ServeError(400, f"{which}{e}") from None
             t2 = time.perf_counter()
+            arrays.append(array)
             decode_ms += (t1 - t0) * 1000.0
             preprocess_ms += (t2 - t1) * 1000.0
         batch = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
         return batch, decode_ms, preprocess_ms
+
+
+class CannotConvert(ValueError):
+    """The image decoded but the model's transform failed on it (a 400)."""
+
+
+def decode_and_transform(transform, image) -> tuple[np.ndarray, float]:
+    """Decode ``image`` (opened, header checked) and transform it → (array, ``perf_counter`` stamp
+    between the two stages). Raises :class:`ImageError` or :class:`CannotConvert`."""
+    image = load_image(image)
+    loaded = time.perf_counter()
+    try:
+        return transform(image), loaded
+    except (OSError, ValueError) as e:
+        raise CannotConvert(f"cannot convert image ({image.mode}): {e}") from None
+
+
+class _Arriving:
+    """``with service.arriving(model):`` (a class: cheaper per request than ``@contextmanager``)."""
+
+    __slots__ = ("counts", "name")
+
+    def __init__(self, counts: dict[str, int], name: str):
+        self.counts, self.name = counts, name
+
+    def __enter__(self) -> None:
+        self.counts[self.name] += 1
+
+    def __exit__(self, *exc) -> None:
+        self.counts[self.name] -= 1
 
 
 async def get_service(request: Request) -> Service:
@@ -186,44 +233,65 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared < 0 or declared > self.limit:
-                    from .errors import error_response
+        refusal = refuse_declared_body(scope, self.limit)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, limit_body(receive, self.limit), send)
 
-                    message = (f"request body larger than the {self.limit:,}-byte limit" if declared > 0
-                               else "invalid Content-Length header")
-                    response = error_response(413 if declared > 0 else 400, message)
-                    await response(scope, receive, send)
-                    return
-        seen = 0
 
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
+def refuse_declared_body(scope, limit: int):
+    """The error response for a ``Content-Length`` header over ``limit`` (413) or not a number
+    (400); None when the header is absent or fine."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = -1
+            if declared < 0 or declared > limit:
+                from .errors import error_response
 
-        await self.app(scope, limited_receive, send)
+                message = (f"request body larger than the {limit:,}-byte limit" if declared > 0
+                           else "invalid Content-Length header")
+                return error_response(413 if declared > 0 else 400, message)
+    return None
+
+
+def limit_body(receive, limit: int):
+    """``receive`` that raises :class:`BodyTooLarge` (a 413) once the body passes ``limit`` bytes."""
+    seen = 0
+
+    async def limited_receive():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return limited_receive
 
 
 async def with_timeout(coro, seconds: float):
     """Await ``coro``; a 504 after ``seconds`` (the per-request timeout). ``asyncio.timeout``
-    (Python 3.11+) cancels in place; ``wait_for`` would start a task per request."""
+    (Python 3.11+) cancels in place; ``wait_for`` would start a task per request. An inference run
+    inline on the event loop cannot be interrupted: when it ends past the deadline, the answer is
+    the same 504 (late rather than on time, by at most one call the inline rule let through)."""
+    deadline = time.monotonic() + seconds
     try:
         if hasattr(asyncio, "timeout"):
             async with asyncio.timeout(seconds):
-                return await coro
-        return await asyncio.wait_for(coro, seconds)
+                result = await coro
+        else:
+            result = await asyncio.wait_for(coro, seconds)
     except (asyncio.TimeoutError, TimeoutError):
-        raise ServeError(504, f"request took longer than the {seconds:g} s timeout") from None
+        pass
+    else:
+        if time.monotonic() < deadline:
+            return result
+    raise ServeError(504, f"request took longer than the {seconds:g} s timeout")
 
 
 __all__ = ["Service", "get_service", "require_api_key", "read_body", "BodyLimitMiddleware", "with_timeout",

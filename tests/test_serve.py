@@ -417,6 +417,12 @@ def _counter(text: str, route: str, status: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def _sample(text: str, sample: str) -> float:
+    """The value of one sample line (``name{labels}``) of a /metrics text, 0 when absent."""
+    m = re.search(rf"^{re.escape(sample)} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_metrics_count_requests_by_route_and_status(client, digit_png):
     before = client.get("/metrics").text
     for _ in range(3):
@@ -431,6 +437,13 @@ def test_metrics_count_requests_by_route_and_status(client, digit_png):
                    'model="digits",stage="inference"}', "serve_batch_size_bucket", "serve_requests_in_flight",
                    "serve_queue_depth", "process_resident_memory_bytes"):
         assert family in text
+    grew = lambda sample: _sample(text, sample) - _sample(before, sample)  # noqa: E731
+    for stage in ("decode", "preprocess", "queue", "inference"):  # the junk failed before its stages ended
+        assert grew(f'serve_stage_duration_seconds_count{{model="digits",stage="{stage}"}}') == 3, stage
+    assert grew('serve_batch_size_count{model="digits"}') == 3
+    assert grew('serve_inference_calls_total{model="digits",thread="inline"}') + \
+        grew('serve_inference_calls_total{model="digits",thread="inference"}') == 3
+    assert grew('serve_request_duration_seconds_count{route="/predict"}') == 4
 
 
 def test_model_endpoint_shows_metadata_and_history(client, digits_onnx):

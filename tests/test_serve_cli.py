@@ -22,7 +22,7 @@ COMPRESS = [sys.executable, "-m", "compress"]
 SERVE = [sys.executable, "-m", "serve"]
 OPTIONS = ["--model", "--host", "--port", "--workers", "--threads", "--ort-spinning", "--max-batch", "--max-wait-ms",
            "--max-queue", "--timeout", "--max-upload-mb", "--max-pixels", "--max-files", "--top-k", "--api-key",
-           "--log-level", "--access-log"]
+           "--inline-max-ms", "--log-level", "--access-log"]
 
 
 def free_port() -> int:
@@ -98,6 +98,7 @@ def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, digits_onnx, live_serve
     assert "model name" in _one_line_error(cli + ["--model", "bad name=x.onnx"])
     assert "used twice" in _one_line_error(cli + ["--model", f"a={digits_onnx}", "--model", f"a={digits_onnx}"])
     assert "threads" in _one_line_error(cli + [str(digits_onnx), "--threads", "0"])
+    assert "inline_max_ms" in _one_line_error(cli + [str(digits_onnx), "--inline-max-ms", "-1"])
     assert "--workers" in _one_line_error(cli + [str(digits_onnx), "--workers", "0"])
     assert "cannot listen" in _one_line_error(cli + [str(digits_onnx), "--port", port])
     assert "invalid int" in _one_line_error(cli + [str(digits_onnx), "--port", "eighty"])
