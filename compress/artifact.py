@@ -194,34 +194,41 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from models import UnknownModelError, create_model
-
     meta, raw = read_meta(path)
-    try:
-        model = create_model(meta.arch, num_classes=meta.num_classes, **meta.arch_kwargs)
-    except UnknownModelError as e:
-        raise ArtifactError(f"{path}: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"{path}: cannot build {meta.arch!r} with {meta.arch_kwargs}: {e}") from None
-    try:
-        _resize_layers(model, raw.get("layers", {}))
-    except ArtifactError as e:
-        raise ArtifactError(f"{path}: {e}") from None
-    except (ValueError, TypeError, AttributeError, ZeroDivisionError, RuntimeError) as e:  # a damaged "layers"
-        raise ArtifactError(f"{path}: corrupt layer shapes in the metadata ({e})") from None
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
         raise ArtifactError(f"{path}: corrupt weights ({str(e).splitlines()[0]})") from None
     state = _decode_state(state, raw.get("shared") or {})
+    return build_model(meta, raw.get("layers", {}), state, str(path), device), meta
+
+
+def build_model(meta: ModelMeta, layers: Mapping[str, list[int]], state: Mapping[str, torch.Tensor],
+                source: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The network of ``meta`` resized to ``layers`` (the artifact's shape facts) with ``state``
+    loaded strictly, in eval mode; :class:`ArtifactError` naming ``source`` when they do not fit."""
+    from models import UnknownModelError, create_model
+
     try:
-        model.load_state_dict(state, strict=True)
+        model = create_model(meta.arch, num_classes=meta.num_classes, **meta.arch_kwargs)
+    except UnknownModelError as e:
+        raise ArtifactError(f"{source}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{source}: cannot build {meta.arch!r} with {meta.arch_kwargs}: {e}") from None
+    try:
+        _resize_layers(model, layers)
+    except ArtifactError as e:
+        raise ArtifactError(f"{source}: {e}") from None
+    except (ValueError, TypeError, AttributeError, ZeroDivisionError, RuntimeError) as e:  # a damaged "layers"
+        raise ArtifactError(f"{source}: corrupt layer shapes in the metadata ({e})") from None
+    try:
+        model.load_state_dict(dict(state), strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise ArtifactError(f"{path}: weights do not fit {meta.arch}: {' '.join(first[:2])[:300]}") from None
+        raise ArtifactError(f"{source}: weights do not fit {meta.arch}: {' '.join(first[:2])[:300]}") from None
     sync_head(model)  # a pruned head is narrower
     model.to(device).eval()
-    return model, meta
+    return model
 
 
 def read_shared(path: str | os.PathLike) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("compress.commands.prune", "structured / unstructured pruning with fine-tuning"),
     "distill": ("compress.commands.distill", "knowledge distillation: Hinton KD, DKD, DIST, feature hints"),
     "quantize": ("compress.commands.quantize", "INT8 for ONNX Runtime (searched on this CPU), k-means weight sharing"),
+    "huffman": ("compress.commands.huffman", "Huffman-code a model into a .dcz container (Deep Compression), or decode one"),
     "export": ("compress.commands.export", "export a model artifact to ONNX (verified against PyTorch)"),
     "bench": ("compress.commands.bench", "compare latency, size and accuracy of model variants"),
     "serve": ("compress.commands.serve", "serve ONNX models over HTTP (FastAPI + ONNX Runtime)"),

@@ -125,7 +125,13 @@ def evaluate_artifact(model_path: str | os.PathLike, config: EvalConfig | None =
     model_path = Path(model_path)
     (json_path,) = check_outputs([report_path or sidecar(model_path, f".eval-{cfg.split}.json")], [model_path])
     device = resolve_device(cfg.device)
-    model, meta = load_model(model_path, device=device)
+    if model_path.suffix.lower() == ".dcz":  # a Huffman-coded container: evaluate the decoded model
+        from .huffman.api import load_dcz
+
+        model, meta = load_dcz(model_path)
+        model.to(device)
+    else:
+        model, meta = load_model(model_path, device=device)
     bundle = load_data_for_model(meta, cfg.data, seed=cfg.data_seed, data_root=cfg.data_root,
                                  label_sep=cfg.label_sep, source=str(model_path))
     dataset = bundle.split(cfg.split)

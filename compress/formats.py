@@ -1,8 +1,8 @@
 """Model files by type: a suffix → loader registry, torch-free itself.
 
 ``.safetensors`` (the PyTorch-side artifact; its loader imports torch when called) and ``.onnx``
-are built in; the Huffman stage registers its container the same way
-(``register_format(".dcz", load_dcz)``, returning a :class:`LoadedModel` with ``stored_bytes``).
+and the Huffman stage's ``.dcz`` container (decoded on load; ``stored_bytes`` is its size) are
+built in; :func:`register_format` adds more.
 A file with an unknown suffix is recognised by its content.
 
     loaded = open_model_file("pruned.onnx")   # LoadedModel(onnx_path=..., meta=ModelMeta | None)
@@ -55,8 +55,33 @@ def _load_onnx(path: Path) -> LoadedModel:
     return LoadedModel(onnx_path=path, meta=meta)
 
 
+def _load_dcz(path: Path) -> LoadedModel:
+    """A ``.dcz`` container: the decoded network (PyTorch) and its stored graph with the decoded
+    weights as an ONNX file in a temporary folder (removed at exit), so ONNX engines time what
+    the service runs; ``stored_bytes`` is the container's size."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import onnx
+
+    from .huffman.api import fill_graph, load_dcz, read_container
+
+    container = read_container(path)
+    model, meta = load_dcz(path, container)
+    onnx_path = None
+    if container.graph is not None:
+        folder = tempfile.mkdtemp(prefix="dcz-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        onnx_path = Path(folder) / (path.stem + ".onnx")
+        links = (container.header.get("onnx") or {}).get("initializers", {})
+        onnx.save(fill_graph(container.graph, links, container.tensors), str(onnx_path))
+    return LoadedModel(model=model, onnx_path=onnx_path, meta=meta, stored_bytes=path.stat().st_size)
+
+
 register_format(".safetensors", _load_safetensors)
 register_format(".onnx", _load_onnx)
+register_format(".dcz", _load_dcz)
 
 
 def _sniff(path: Path) -> Callable[[Path], LoadedModel]:

@@ -14,15 +14,15 @@ if [ -n "${MODELS:-}" ]; then
     found=1
   done
 else
-  for f in /models/*.onnx; do
+  for f in /models/*.onnx /models/*.dcz; do
     [ -e "$f" ] || continue
-    name=$(basename "$f" .onnx)
+    name=$(basename "$f"); name=${name%.*}
     set -- "$@" --model "$name=$f"
     found=1
   done
 fi
 if [ "$found" = 0 ]; then
-  echo "entrypoint: no model: mount ONNX files at /models, set MODELS=\"name=/path.onnx\", or build with --build-arg MODEL=path.onnx" >&2
+  echo "entrypoint: no model: mount ONNX (or .dcz) files at /models, set MODELS=\"name=/path.onnx\", or build with --build-arg MODEL=path.onnx" >&2
   exit 2
 fi
 if [ -n "${API_KEY:-}" ]; then

@@ -3,6 +3,7 @@
     python -m serve model.onnx                          # http://127.0.0.1:8000, one model
     python -m serve --model digits=d.onnx --model photos=p.onnx --host 0.0.0.0 --workers 2
     python -m serve model.onnx --max-batch 8 --max-wait-ms 2   # micro-batching
+    python -m serve model.dcz                            # a Huffman-coded container, decoded with numpy
 
 The first model is the default of /predict; every model is addressable by name
 (/predict?model=NAME, /v2/models/NAME/infer). Each worker process loads every model with
@@ -31,7 +32,8 @@ class CliError(ValueError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("onnx", nargs="?", metavar="MODEL.onnx",
-                   help="ONNX model to serve, named after its file stem (the default model)")
+                   help="ONNX model (or .dcz container from `compress huffman encode`) to serve, named "
+                        "after its file stem (the default model)")
     p.add_argument("--model", dest="models", action="append", default=[], metavar="NAME=PATH",
                    help="another model to serve under NAME (repeatable); without MODEL.onnx the first "
                         "--model is the default")

@@ -34,7 +34,40 @@ class ModelLoadError(ValueError):
 def ort_session(path: str | os.PathLike, threads: int = 1, *, spinning: bool = False):
     """An ONNX Runtime CPU session: ``threads`` intra-op threads, one inter-op thread, sequential
     execution, all graph optimisations. Spinning is off by default: on a CPU shared with the HTTP
-    server's own threads, busy-waiting intra-op workers steal the cores that parse requests."""
+    server's own threads, busy-waiting intra-op workers steal the cores that parse requests.
+
+    A ``.dcz`` container (``compress huffman encode``) is decoded with numpy (:mod:`dcz`): its
+    stored graph gets the decoded weights as external initializers."""
+    import onnxruntime as ort
+
+    model: str | bytes = str(path)
+    so = _session_options(threads, spinning)
+    if Path(path).suffix.lower() == ".dcz":
+        model, names, arrays = read_dcz(path)
+        so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def read_dcz(path: str | os.PathLike) -> tuple[bytes, list[str], list[np.ndarray]]:
+    """(graph bytes, initializer names, their arrays) of a ``.dcz`` container; :class:`ModelLoadError`
+    when it is damaged or holds no graph."""
+    import dcz
+
+    try:
+        container = dcz.read(path)
+    except dcz.DczError as e:  # its message starts with the path
+        raise ModelLoadError(str(e)) from None
+    links = (container.header.get("onnx") or {}).get("initializers") or {}
+    if container.graph is None or not isinstance(links, dict):
+        raise ModelLoadError(f"{path}: the container holds no ONNX graph (decode it and export to ONNX)")
+    missing = sorted(set(links.values()) - set(container.tensors))
+    if missing:
+        raise ModelLoadError(f"{path}: the graph needs tensor(s) the container lacks: {', '.join(missing[:3])}")
+    names = list(links)
+    return container.graph, names, [np.array(container.tensors[links[n]], order="C") for n in names]
+
+
+def _session_options(threads: int, spinning: bool):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -44,7 +77,7 @@ def ort_session(path: str | os.PathLike, threads: int = 1, *, spinning: bool = F
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return so
 
 
 @dataclass(frozen=True)
@@ -176,6 +209,8 @@ class Model:
             raise ModelLoadError(f"{path}: is a directory, expected an ONNX model")
         try:
             self.session = ort_session(path, threads, spinning=spinning)
+        except ModelLoadError:
+            raise
         except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
             text = str(e).strip().splitlines()
             raise ModelLoadError(f"{path}: not a loadable ONNX model ({text[0][:200] if text else type(e).__name__})") \

@@ -24,7 +24,7 @@ COMMON_ROWS = ["far", "frr", "threshold", "eer", "eer_threshold", "loss", "n"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluate import EvalConfig
 
-    p.add_argument("model", help="model artifact (.safetensors)")
+    p.add_argument("model", help="model artifact (.safetensors, or a .dcz container: its decoded model)")
     EvalConfig.add_arguments(p)
     p.add_argument("--per-class", action="store_true", help="also print the per-class (per-label) table")
     p.add_argument("--json", dest="json_path", default=None, help="report path (default MODEL.eval-SPLIT.json)")
