@@ -18,7 +18,7 @@ from compress.artifact import load_model, read_shared
 from compress.cli import main
 from compress.huffman.api import decode_artifact, encode_artifact, linear_codes, load_dcz
 from compress.huffman.config import HuffmanConfig
-from compress.huffman.fold import conv_bn_pairs
+from compress.fold import conv_bn_pairs, fold_in_place
 from compress.io import sidecar
 from tests.test_serve import digit_test_images, digits_onnx  # noqa: F401  (session fixture)
 
@@ -79,6 +79,22 @@ def test_every_conv_batchnorm_pair_is_found():
     assert all(isinstance(modules[p.conv], nn.Conv2d) and isinstance(modules[p.bn], nn.BatchNorm2d) for p in pairs)
 
 
+def test_fold_in_place_keeps_the_function_and_freezes_batchnorm(base):
+    from compress.fold import is_folded
+
+    model, meta = load_model(base)
+    x = _images(meta)
+    want = _logits(model, x)
+    pairs = fold_in_place(model)
+    modules = dict(model.named_modules())
+    assert pairs and all(is_folded(modules[p.bn]) for p in pairs)
+    np.testing.assert_allclose(_logits(model, x), want, rtol=1e-4, atol=1e-5)
+    for m in model.modules():  # training mode (dropout off): the folded BNs still do not normalise
+        m.train(not isinstance(m, nn.Dropout))
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_linear_codes_keep_zero_and_stay_within_half_a_step():
     w = np.random.default_rng(0).normal(size=(8, 4, 3, 3)).astype(np.float32)
     w[w < 0.2] = 0.0
@@ -128,6 +144,9 @@ def test_container_is_smaller_than_the_input_and_reports_sizes(encoded, kmeans_s
     decoded, _ = load_dcz(out)
     bns = [m for m in decoded.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.equal(m.bias.half().float(), m.bias) for m in bns)
+    # k-means clustered the folded weights (quantize --fold-bn, the default): no scale to store
+    assert all(t["scale_bytes"] == 0 for t in report["stats"]["tensors"])
+    assert load_model(kmeans_sparse)[1].history[-1]["params"]["folded_bn"] == len(bns)
 
 
 def test_decode_to_safetensors_and_onnx_agree(encoded, tmp_path):

@@ -8,6 +8,7 @@ come from the ONNX file's metadata (`compress export` writes them).
     compress serve runs/demo/base.onnx --port 8000
     compress serve --model digits=base.onnx --model pruned=pruned.onnx --workers 2 --threads 1
     compress serve base.onnx --max-batch 8 --max-wait-ms 2 --host 0.0.0.0 --api-key "$KEY"
+    compress serve model.dcz          # a Huffman-coded container (compress huffman encode), decoded at start
 
 API: POST /predict (image → top-k labels, timing_ms and a Server-Timing header),
 POST /predict/batch, Open Inference Protocol v2 under /v2 (KServe / Triton REST clients),

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from ..errors import ArtifactError, UserError
 from .config import HuffmanConfig
-from .fold import FoldedPair, conv_bn_pairs, fold_factors, identity_bn_state
+from ..fold import FoldedPair, conv_bn_pairs, fold_factors, identity_bn_state
 
 FORMAT = "compress-dcz/1"
 Log = Callable[[str], None]
@@ -103,7 +103,8 @@ def plan_tensors(model: nn.Module, shared: dict[str, tuple[np.ndarray, np.ndarra
 
     for pair in plan.folded:
         scale, bias = (vector(v) for v in fold_factors(modules[pair.conv], modules[pair.bn]))
-        scales[f"{pair.conv}.weight"] = scale
+        if not np.all(scale == 1):  # an already folded BN (k-means --fold-bn) has s = 1: nothing to store
+            scales[f"{pair.conv}.weight"] = scale
         bn_state = identity_bn_state(pair, torch.from_numpy(bias))
         skip.update(bn_state)
         skip.add(f"{pair.conv}.bias")

@@ -346,6 +346,12 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
         log("measuring the input model ...")
         accuracy["before"] = _measure(model, bundle, meta.task, splits)
     criterion = _criterion(cfg, model, meta, bundle, model_path) if bundle is not None else None
+    folded = []
+    if cfg.fold_bn:
+        from ..fold import fold_in_place
+
+        folded = fold_in_place(model)
+        log(f"folded {len(folded)} BatchNorm layer(s) into their convolutions: clustering the folded weights")
 
     t0 = time.time()
     bits = {"conv": cfg.layer_bits("conv"), "fc": cfg.layer_bits("fc")}
@@ -378,6 +384,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     storage = storage_estimate(model, rows)
     params: dict[str, Any] = {
         "mode": "kmeans", "bits": bits, "init": cfg.kmeans_init, "min_weights": cfg.min_weights,
+        "folded_bn": len(folded),
         "seed": cfg.seed, "layers_shared": len(rows), "unshared": unshared,
         "zeros": "pruned weights stay exactly zero and take one of the 2^bits codes",
         "finetune_epochs": cfg.finetune, "distill": criterion is not None,

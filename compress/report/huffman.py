@@ -61,7 +61,8 @@ def layer_rows(stats: dict, kinds: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def format_stats(stats: dict, header: dict) -> str:
-    """The size table of a container (``dcz.Stats.to_dict()`` and its header) and its totals."""
+    """The size table of a container (``dcz.Stats.to_dict()`` and its header) and its totals
+    (for an ANS-coded file the "H" columns are the ANS streams)."""
     parts = [format_table(layer_rows(stats, header.get("kinds") or {}), COLUMNS)]
     raw = [t for t in stats["tensors"] if t["kind"] == "raw"]
     total = stats["total"]
@@ -71,10 +72,11 @@ def format_stats(stats: dict, header: dict) -> str:
                  f"header {human_bytes(stats['header_bytes'])}; ONNX graph {human_bytes(stats['graph_bytes'])}; "
                  f"file {human_bytes(file_bytes)}")
     streams = total["stream_bytes"]
-    line = (f"coded streams: Huffman {human_bytes(streams)} + tables {human_bytes(total['table_bytes'])}; "
+    coder = "ANS" if any(t.get("coder") == "ans" for t in stats["tensors"]) else "Huffman"
+    line = (f"coded streams: {coder} {human_bytes(streams)} + tables {human_bytes(total['table_bytes'])}; "
             f"entropy bound {human_bytes(total['entropy_bytes'])}"
-            + (f" (Huffman +{100 * (streams / total['entropy_bytes'] - 1):.1f}%)" if total["entropy_bytes"] else ""))
-    if total.get("ans_stream_bytes") is not None:
+            + (f" ({coder} +{100 * (streams / total['entropy_bytes'] - 1):.1f}%)" if total["entropy_bytes"] else ""))
+    if coder == "Huffman" and total.get("ans_stream_bytes") is not None:
         line += (f"; ANS {human_bytes(total['ans_stream_bytes'])} + tables "
                  f"{human_bytes(total['ans_table_bytes'])}")
     parts.append(line)
