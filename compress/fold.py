@@ -1,6 +1,6 @@
 """BatchNorm folding: each Conv2d → BatchNorm2d pair becomes one convolution whose weight is the
 conv weight scaled per output channel, plus one bias. Used by the Huffman stage (storage) and by
-k-means weight sharing (clustering in the folded domain, :func:`fold_in_place`).
+k-means weight sharing (clustering in the folded domain, ``compress quantize --fold-bn``).
 
 For a conv ``W`` (bias ``c``, often absent) followed by BN (``γ, β, μ, σ², ε``) in eval mode:
 
@@ -79,38 +79,6 @@ def conv_bn_pairs(model: nn.Module) -> list[FoldedPair]:
                 and conv.out_channels == bn.num_features):
             pairs.append(FoldedPair(src.target, node.target, float(bn.eps), conv.bias is not None))
     return pairs
-
-
-def fold_in_place(model: nn.Module) -> list[FoldedPair]:
-    """Fold every Conv→BN pair of ``model`` in place: conv weight × s, conv bias 0, the BN the
-    identity + b' (module docstring), and the BN frozen in eval mode from now on (a forward
-    pre-hook; a training loop's ``model.train()`` would otherwise normalise by batch statistics).
-    Returns the pairs. The network computes the same function up to float rounding."""
-    pairs = conv_bn_pairs(model)
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for pair in pairs:
-            conv, bn = modules[pair.conv], modules[pair.bn]
-            scale, bias = fold_factors(conv, bn)
-            conv.weight.mul_(torch.from_numpy(scale).to(conv.weight).view(-1, *[1] * (conv.weight.ndim - 1)))
-            if conv.bias is not None:
-                conv.bias.zero_()
-            for key, value in identity_bn_state(pair, torch.from_numpy(bias)).items():
-                getattr(bn, key.rsplit(".", 1)[1]).copy_(value)
-            bn.register_forward_pre_hook(_frozen)
-    return pairs
-
-
-def _frozen(module: nn.Module, _inputs) -> None:
-    module.training = False
-
-
-def is_folded(bn: nn.BatchNorm2d) -> bool:
-    """A BN that is the identity plus a bias (as :func:`fold_in_place` and the decoder leave it)."""
-    one = torch.tensor(1.0)
-    return bool(torch.equal(bn.weight.detach(), torch.ones_like(bn.weight))
-                and torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
-                and torch.equal(bn.running_var, torch.full_like(bn.running_var, float(one - torch.tensor(bn.eps)))))
 
 
 def fold_factors(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:

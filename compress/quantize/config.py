@@ -108,10 +108,11 @@ class QuantizeConfig(KDOptions):
                               help="leave layers with fewer weights than this unshared (0 = share every "
                                    "conv/linear layer)")
     fold_bn: bool = option(True, group=_K,
-                           help="fold each BatchNorm into the convolution before it first and cluster the "
-                                "folded weights (one codebook on the scale of the layer's output; the BN stays "
-                                "frozen as identity + bias); --no-fold-bn clusters the raw weights, which "
-                                "fails on pruned layers whose channels differ 100x in scale (README, Huffman)")
+                           help="cluster each convolution's weights as folded with the BatchNorm after it (one "
+                                "codebook on the scale of the layer's output; fine-tuning keeps the BN live; "
+                                "the saved BN becomes a per-channel factor + bias); --no-fold-bn clusters the "
+                                "raw weights, which fails on pruned layers whose channels differ 100x in scale "
+                                "(README, Huffman)")
     # --- k-means fine-tuning
     finetune: int = option(2, check=_at_least_0, metavar="EPOCHS", group=_F,
                            help="epochs of centroid fine-tuning (gradients summed per cluster; 0 = none)")

@@ -90,21 +90,27 @@ def cluster_values(values: np.ndarray, k: int, method: str = "linear", seed: int
 # ----------------------------------------------------------------------------- the parametrization
 
 class SharedWeight(nn.Module):
-    """A weight made of shared values: ``where(mask, centroids[indices], 0)``. ``centroids`` is
-    the trainable parameter; the gather's backward sums the gradients of every weight of a
-    cluster into its centroid, and masked (pruned) weights are zero with no gradient."""
+    """A weight made of shared values: ``where(mask, centroids[indices], 0)``, times ``scale``
+    per output channel when given (the centroids then live in the BatchNorm-folded domain and
+    ``scale`` is 1/s, see :func:`share_weights`). ``centroids`` is the trainable parameter; the
+    gather's backward sums the gradients of every weight of a cluster into its centroid, and
+    masked (pruned) weights are zero with no gradient."""
 
-    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None):
+    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None,
+                 scale: torch.Tensor | None = None):
         super().__init__()
         self.centroids = nn.Parameter(centroids.clone())
         self.register_buffer("indices", indices.clone())
         self.register_buffer("mask", None if mask is None else mask.clone())
+        self.register_buffer("scale", None if scale is None else scale.clone())
 
     def forward(self, _dense: torch.Tensor) -> torch.Tensor:
         shared = self.centroids[self.indices]
-        if self.mask is None:
-            return shared
-        return torch.where(self.mask, shared, torch.zeros((), dtype=shared.dtype, device=shared.device))
+        if self.mask is not None:
+            shared = torch.where(self.mask, shared, torch.zeros((), dtype=shared.dtype, device=shared.device))
+        if self.scale is not None:
+            shared = shared * self.scale.view(-1, *[1] * (shared.ndim - 1))
+        return shared
 
 
 @dataclass
@@ -154,10 +160,15 @@ def shareable_layers(model: nn.Module, min_weights: int = 0) -> tuple[list[tuple
     return shared, [name for name, _, _ in small]
 
 
-def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 0) -> SharedWeight:
+def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 0,
+                fold: torch.Tensor | None = None) -> SharedWeight:
     """Cluster ``module.weight`` into at most ``2**bits`` values (zero, when the layer has pruned
-    zeros, is one of them and stays fixed) and parametrize the weight by the shared values."""
+    zeros, is one of them and stays fixed) and parametrize the weight by the shared values.
+    With ``fold`` (the folded BatchNorm's factor s per output channel) the values clustered are
+    weight × s and the weight becomes ``centroids[indices] / s``."""
     weight = module.weight.detach()
+    if fold is not None:
+        weight = weight * fold.to(weight).view(-1, *[1] * (weight.ndim - 1))
     mask = weight != 0
     nonzero = weight[mask].cpu().numpy()
     has_zeros = not bool(mask.all())
@@ -169,21 +180,24 @@ def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 
     else:  # an all-zero layer stays zero (its one centroid is masked everywhere)
         centroids = np.zeros(1, dtype=np.float32)
     shared = SharedWeight(torch.from_numpy(centroids).to(weight.device, weight.dtype), indices,
-                          mask if has_zeros else None)
+                          mask if has_zeros else None, None if fold is None else 1.0 / fold.to(weight))
     parametrize.register_parametrization(module, "weight", shared)
     module.parametrizations.weight.original.requires_grad_(False)  # only the centroids train
     return shared
 
 
-def share_weights(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[SharedLayer], list[str]]:
-    """Share the weights of every eligible layer of ``model`` in place (see :func:`share_layer`);
+def share_weights(model: nn.Module, cfg: QuantizeConfig, folds: dict[str, torch.Tensor] | None = None) \
+        -> tuple[list[SharedLayer], list[str]]:
+    """Share the weights of every eligible layer of ``model`` in place (see :func:`share_layer`;
+    ``folds`` {conv name: BatchNorm factor s} clusters those layers in the folded domain);
     returns (one :class:`SharedLayer` per shared layer, the names of layers left unshared)."""
     layers, small = shareable_layers(model, cfg.min_weights)
+    folds = folds or {}
     rows = []
     for i, (name, module, kind) in enumerate(layers):
         bits = cfg.layer_bits(kind)
         zeros = int((module.weight == 0).sum())
-        shared = share_layer(module, bits, cfg.kmeans_init, seed=cfg.seed + i)
+        shared = share_layer(module, bits, cfg.kmeans_init, seed=cfg.seed + i, fold=folds.get(name))
         rows.append(SharedLayer(name, kind, bits, module.weight.numel(), zeros=zeros,
                                 centroids=int(shared.centroids.numel())))
     update_counts(model, rows)
@@ -196,6 +210,40 @@ def update_counts(model: nn.Module, rows: list[SharedLayer]) -> None:
     for row in rows:
         w = modules[row.name].weight.detach()
         row.values, row.zeros = int(torch.unique(w).numel()), int((w == 0).sum())
+
+
+def fold_factors_now(model: nn.Module, pairs) -> dict[str, torch.Tensor]:
+    """{conv name: s} of the Conv→BN ``pairs`` under the BNs' current statistics (float32)."""
+    from ..fold import fold_factors
+
+    modules = dict(model.named_modules())
+    return {p.conv: torch.from_numpy(fold_factors(modules[p.conv], modules[p.bn])[0]) for p in pairs}
+
+
+@torch.no_grad()
+def settle_folded(model: nn.Module, pairs) -> None:
+    """After fine-tuning: move each folded layer's 1/s into its BatchNorm, so the conv weight is
+    exactly ``centroids[indices]`` (one codebook, storable as codebook + indices) and the BN the
+    per-channel factor s_now/s_then plus the folded bias (mean 0, var 1 − eps: see
+    :mod:`compress.fold`). The network computes the same function up to float rounding."""
+    from ..fold import fold_factors, identity_bn_state
+
+    modules = dict(model.named_modules())
+    for pair in pairs:
+        conv, bn = modules[pair.conv], modules[pair.bn]
+        if not parametrize.is_parametrized(conv, "weight"):
+            continue
+        shared = conv.parametrizations.weight[0]
+        if not isinstance(shared, SharedWeight) or shared.scale is None:
+            continue
+        s_now, bias = (torch.from_numpy(v) for v in fold_factors(conv, bn))
+        state = identity_bn_state(pair, bias)
+        state[f"{pair.bn}.weight"] = s_now * shared.scale.cpu()
+        for key, value in state.items():
+            getattr(bn, key.rsplit(".", 1)[1]).copy_(value)
+        if conv.bias is not None:
+            conv.bias.zero_()
+        shared.scale = None
 
 
 def bake(model: nn.Module) -> None:
@@ -348,15 +396,15 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     criterion = _criterion(cfg, model, meta, bundle, model_path) if bundle is not None else None
     folded = []
     if cfg.fold_bn:
-        from ..fold import fold_in_place
+        from ..fold import conv_bn_pairs
 
-        folded = fold_in_place(model)
-        log(f"folded {len(folded)} BatchNorm layer(s) into their convolutions: clustering the folded weights")
+        folded = conv_bn_pairs(model)
+        log(f"{len(folded)} convolution(s) followed by BatchNorm: clustering their BatchNorm-folded weights")
 
     t0 = time.time()
     bits = {"conv": cfg.layer_bits("conv"), "fc": cfg.layer_bits("fc")}
     log(f"k-means weight sharing: conv {bits['conv']} bits, fc {bits['fc']} bits, {cfg.kmeans_init} init ...")
-    rows, unshared = share_weights(model, cfg)
+    rows, unshared = share_weights(model, cfg, fold_factors_now(model, folded))
     if not rows:
         raise UserError(f"{model_path}: no conv or linear layer has --min-weights {cfg.min_weights} weights; "
                         f"nothing to share")
@@ -375,6 +423,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
                          label="centroid epoch")
         accuracy["finetune_best_val"] = {k: v for k, v in tuned.items() if isinstance(v, (int, float))}
         timing["finetune_seconds"] = round(time.time() - t0, 2)
+    settle_folded(model, folded)
     bake(model)
     model.eval()
     update_counts(model, rows)

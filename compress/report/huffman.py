@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PER_LAYER_ROWS = 16  # more coded tensors than this: one row per kind (conv, dw, fc); the JSON has all
 COLUMNS = ["layer", "weights", "kept", "bits P+Q", "bits P+Q+H", "index bits P+Q", "index bits P+Q+H",
-           "entropy bits", "codebook", "bytes", "ratio P+Q", "ratio P+Q+H"]
+           "stream bits", "entropy bits", "codebook", "bytes", "ratio P+Q", "ratio P+Q+H"]
 
 
 def _bits(n_bits: float, per: int) -> float | None:
@@ -22,8 +22,10 @@ def _bits(n_bits: float, per: int) -> float | None:
 
 def _row(label: str, ts: list[dict]) -> dict[str, Any]:
     """One table row over coded tensors ``ts`` (TensorStats dicts). Bits are per stored weight
-    (kept + fillers) as in the paper; P+Q is the fixed-width form: log2(codebook) bits per weight
-    plus, for the sparse layout, the b-bit relative index."""
+    as in the paper (sparse layout: kept + fillers; dense: every weight); P+Q is the fixed-width
+    form: log2(codebook) bits per weight plus, for the sparse layout, the b-bit relative index
+    (per weight stored sparsely). "stream bits" is the coded weight and index streams together
+    per stored weight, "entropy bits" their Shannon bound."""
     count = sum(t["count"] for t in ts)
     kept = sum(t["kept"] for t in ts)
     stored = sum(t["kept"] + t.get("fillers", 0) if t["layout"] == "sparse" else t["count"] for t in ts)
@@ -39,6 +41,7 @@ def _row(label: str, ts: list[dict]) -> dict[str, Any]:
             "bits P+Q": _bits(q_bits, stored), "bits P+Q+H": _bits(sum(t["weights_bytes"] for t in ts) * 8, stored),
             "index bits P+Q": _bits(idx_bits, sparse_stored) if sparse_stored else None,
             "index bits P+Q+H": _bits(sum(t["index_bytes"] for t in ts) * 8, sparse_stored) if sparse_stored else None,
+            "stream bits": _bits(sum(t["weights_bytes"] + t["index_bytes"] for t in ts) * 8, stored),
             "entropy bits": _bits(sum(t["weights_entropy_bits"] + t["index_entropy_bits"] for t in ts), stored),
             "codebook": human_bytes(sum(t["codebook_bytes"] for t in ts)), "bytes": human_bytes(payload),
             "ratio P+Q": ratio(count * 4 / pq_bytes) if pq_bytes else None,
