@@ -81,6 +81,30 @@ def conv_bn_pairs(model: nn.Module) -> list[FoldedPair]:
     return pairs
 
 
+def fold_in_place(model: nn.Module) -> list[FoldedPair]:
+    """Fold every Conv→BN pair of ``model`` in place: conv weight × s, conv bias 0, the BN the
+    identity + b' (module docstring), and the BN frozen in eval mode from now on (a forward
+    pre-hook; a training loop's ``model.train()`` would otherwise normalise by batch statistics).
+    Returns the pairs. The network computes the same function up to float rounding."""
+    pairs = conv_bn_pairs(model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for pair in pairs:
+            conv, bn = modules[pair.conv], modules[pair.bn]
+            scale, bias = fold_factors(conv, bn)
+            conv.weight.mul_(torch.from_numpy(scale).to(conv.weight).view(-1, *[1] * (conv.weight.ndim - 1)))
+            if conv.bias is not None:
+                conv.bias.zero_()
+            for key, value in identity_bn_state(pair, torch.from_numpy(bias)).items():
+                getattr(bn, key.rsplit(".", 1)[1]).copy_(value)
+            bn.register_forward_pre_hook(_frozen)
+    return pairs
+
+
+def _frozen(module: nn.Module, _inputs) -> None:
+    module.training = False
+
+
 def fold_factors(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """(s, b') in float32 for one pair (computed in float64, rounded once)."""
     gamma = bn.weight.detach().double()

@@ -4,8 +4,9 @@
 #
 # The full path of Han et al. (2016) on two Fashion-MNIST models: unstructured magnitude pruning
 # with the AGP schedule during fine-tuning (global threshold, distilled from the unpruned model)
-# → k-means weight sharing with centroid fine-tuning → Huffman coding (`compress huffman encode`,
-# BatchNorm folded). Then the .dcz is decoded (`compress huffman decode`) and the DECODED model
+# → k-means weight sharing of the BatchNorm-folded weights with centroid fine-tuning, BN frozen
+# (`--freeze-bn`: 91.54% vs 90.83% with live BN and 89.08% clustering raw weights, on the
+# MobileNetV2) → Huffman coding (`compress huffman encode`). Then the .dcz is decoded (`compress huffman decode`) and the DECODED model
 # is evaluated on the 10,000 test images with `compress eval`. For comparison each base model is
 # also coded directly (linear 8-bit + Huffman, no pruning) and with the ANS coder.
 #
@@ -46,7 +47,7 @@ for name in $MODELS; do
   step "$p.sparse.safetensors" "$BIN/compress" prune "$base" --sparsity "$sparsity" --global \
     --finetune "$PRUNE_EPOCHS" --no-bench -o "$p.sparse.safetensors"
   step "$p.k$KMEANS_BITS.safetensors" "$BIN/compress" quantize "$p.sparse.safetensors" \
-    --kmeans-bits "$KMEANS_BITS" --finetune "$KMEANS_EPOCHS" -o "$p.k$KMEANS_BITS.safetensors"
+    --kmeans-bits "$KMEANS_BITS" --freeze-bn --finetune "$KMEANS_EPOCHS" -o "$p.k$KMEANS_BITS.safetensors"
   [ "$STAGES" = prune ] && continue
   step "$p.dcz" "$BIN/compress" huffman encode "$p.k$KMEANS_BITS.safetensors" -o "$p.dcz"
   step "$p.ans.dcz" "$BIN/compress" huffman encode "$p.k$KMEANS_BITS.safetensors" --coder ans --no-measure \

@@ -106,6 +106,23 @@ def test_kmeans_clusters_folded_weights_and_keeps_the_function(base, tmp_path):
     np.testing.assert_allclose(_logits(shared, x), _logits(model, x), atol=0.05 * np.abs(_logits(model, x)).max())
 
 
+def test_kmeans_frozen_batchnorm_and_the_fine_tuning_guard(base, tmp_path):
+    """--freeze-bn folds BN into the convs (identity + bias in the output); a fine-tuning that
+    lowers validation accuracy (here: a learning rate of 0.03 with BN frozen) is undone, not saved."""
+    from compress.quantize.config import QuantizeConfig
+    from compress.quantize.kmeans import kmeans_artifact
+
+    result = kmeans_artifact(base, tmp_path / "k.safetensors", QuantizeConfig(
+        kmeans_bits=4, freeze_bn=True, finetune=1, lr=0.03, max_steps_per_epoch=3, batch_size=32, test=False))
+    assert result.accuracy["finetune_reverted"] is True
+    assert result.accuracy["finetuned"]["val"] == result.accuracy["kmeans"]["val"]
+    assert result.params["frozen_bn"] is True
+    model, _ = load_model(result.output)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in bns)
+    assert all(torch.allclose(m.running_var + m.eps, torch.ones_like(m.running_var)) for m in bns)
+
+
 def test_linear_codes_keep_zero_and_stay_within_half_a_step():
     w = np.random.default_rng(0).normal(size=(8, 4, 3, 3)).astype(np.float32)
     w[w < 0.2] = 0.0

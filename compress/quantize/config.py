@@ -113,6 +113,12 @@ class QuantizeConfig(KDOptions):
                                 "the saved BN becomes a per-channel factor + bias); --no-fold-bn clusters the "
                                 "raw weights, which fails on pruned layers whose channels differ 100x in scale "
                                 "(README, Huffman)")
+    freeze_bn: bool = option(False, group=_K,
+                             help="with --fold-bn: fold the BatchNorms into the convolutions before clustering "
+                                  "and keep them frozen (identity + bias) while the centroids fine-tune, instead "
+                                  "of training with live BatchNorm (measured: better on an 85%%-sparse "
+                                  "MobileNetV2, 91.54%% vs 90.83%%; less stable at the default --lr on a "
+                                  "structured-pruned one; README, Huffman)")
     # --- k-means fine-tuning
     finetune: int = option(2, check=_at_least_0, metavar="EPOCHS", group=_F,
                            help="epochs of centroid fine-tuning (gradients summed per cluster; 0 = none)")

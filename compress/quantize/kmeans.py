@@ -394,8 +394,13 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
         log("measuring the input model ...")
         accuracy["before"] = _measure(model, bundle, meta.task, splits)
     criterion = _criterion(cfg, model, meta, bundle, model_path) if bundle is not None else None
-    folded = []
-    if cfg.fold_bn:
+    folded, frozen = [], []
+    if cfg.fold_bn and cfg.freeze_bn:
+        from ..fold import fold_in_place
+
+        frozen = fold_in_place(model)
+        log(f"folded {len(frozen)} BatchNorm layer(s) into their convolutions (frozen while fine-tuning)")
+    elif cfg.fold_bn:
         from ..fold import conv_bn_pairs
 
         folded = conv_bn_pairs(model)
@@ -416,6 +421,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
 
     if cfg.finetune > 0:
         t0 = time.time()
+        shared_state = copy.deepcopy(model.state_dict())  # to return to if fine-tuning makes it worse
         how = "distilled from the unquantized model" if criterion is not None else "labels only"
         log(f"fine-tuning the shared centroids for {cfg.finetune} epoch(s), {how} ...")
         tuned = finetune(model, bundle, loop_config(cfg, cfg.finetune, meta.training_augmentation()),
@@ -423,6 +429,12 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
                          label="centroid epoch")
         accuracy["finetune_best_val"] = {k: v for k, v in tuned.items() if isinstance(v, (int, float))}
         timing["finetune_seconds"] = round(time.time() - t0, 2)
+        before_ft = accuracy.get("kmeans", {}).get("val")
+        if before_ft is not None and tuned.get(metric, before_ft) < before_ft:
+            model.load_state_dict(shared_state)
+            accuracy["finetune_reverted"] = True
+            log(f"fine-tuning lowered validation {metric} ({100 * tuned[metric]:.2f}% < {100 * before_ft:.2f}% "
+                f"right after k-means): keeping the k-means centroids (try a lower --lr)")
     settle_folded(model, folded)
     bake(model)
     model.eval()
@@ -433,7 +445,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     storage = storage_estimate(model, rows)
     params: dict[str, Any] = {
         "mode": "kmeans", "bits": bits, "init": cfg.kmeans_init, "min_weights": cfg.min_weights,
-        "folded_bn": len(folded),
+        "folded_bn": len(folded) + len(frozen), "frozen_bn": bool(frozen),
         "seed": cfg.seed, "layers_shared": len(rows), "unshared": unshared,
         "zeros": "pruned weights stay exactly zero and take one of the 2^bits codes",
         "finetune_epochs": cfg.finetune, "distill": criterion is not None,

@@ -45,6 +45,8 @@ def format_kmeans(result: "KMeansResult") -> str:
     else:
         parts.append("accuracy not measured (no data set recorded or given; --data names one)")
     p = result.params
+    if acc.get("finetune_reverted"):
+        parts.append("fine-tuning lowered the validation accuracy: the k-means centroids were kept (try a lower --lr)")
     if p.get("finetune_epochs"):
         crit = p.get("criterion") or {}
         how = (f"distilled from the unquantized model (loss {crit.get('loss')}, T={crit.get('temperature')}; "
