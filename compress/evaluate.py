@@ -142,3 +142,14 @@ def evaluate_artifact(model_path: str | os.PathLike, config: EvalConfig | None =
                         len(dataset), metrics, json_path)
     write_json(json_path, result.to_dict())
     return result
+
+
+def measure_splits(model, bundle, task: str, splits=("val", "test")) -> dict[str, float]:
+    """The primary metric (top-1 / mAP) of ``model`` on each of ``splits`` of ``bundle`` that has
+    samples: {"val": 0.93, "test": 0.92}."""
+    key, out = primary_metric(task), {}
+    for split in splits:
+        data = getattr(bundle, split)
+        if len(data):
+            out[split] = float(evaluate(model, data, task, 256)[key])
+    return out

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ArtifactError, UserError
-from .config import HuffmanConfig
 from ..fold import FoldedPair, conv_bn_pairs, fold_factors, identity_bn_state
+from .config import HuffmanConfig
 
 FORMAT = "compress-dcz/1"
 Log = Callable[[str], None]
@@ -319,17 +319,6 @@ def _fp32_bytes(model: nn.Module) -> int:
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
 
 
-def _measure(model: nn.Module, bundle, task: str, splits) -> dict[str, float]:
-    from ..evaluate import evaluate, primary_metric
-
-    key, out = primary_metric(task), {}
-    for split in splits:
-        data = getattr(bundle, split)
-        if len(data):
-            out[split] = float(evaluate(model, data, task, 256)[key])
-    return out
-
-
 def encode_artifact(model_path: str | os.PathLike, output: str | os.PathLike, config: HuffmanConfig | None = None,
                     *, log: Log = lambda msg: None) -> EncodeResult:
     """Write ``output`` (.dcz) from the artifact at ``model_path`` and its JSON report; see the module
@@ -337,6 +326,7 @@ def encode_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     import dcz
 
     from ..artifact import build_model, load_model, read_meta, read_shared
+    from ..evaluate import measure_splits
     from ..export import export_onnx
     from ..io import check_outputs, existing_file, sidecar, write_json
 
@@ -367,7 +357,7 @@ def encode_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     splits = ("val", "test") if cfg.test else ("val",)
     if bundle is not None:
         log("measuring the input model ...")
-        accuracy["input"] = _measure(model, bundle, meta.task, splits)
+        accuracy["input"] = measure_splits(model, bundle, meta.task, splits)
 
     t0 = time.perf_counter()
     plan = plan_tensors(model, shared, cfg)
@@ -391,7 +381,7 @@ def encode_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
               "kmeans_tensors": len(plan.quantized) - len(linear), "linear_tensors": len(linear)}
     if bundle is not None:
         log("measuring the decoded model ...")
-        accuracy["decoded"] = _measure(decoded_model, bundle, meta.task, splits)
+        accuracy["decoded"] = measure_splits(decoded_model, bundle, meta.task, splits)
     metrics = {f"decoded_{s}_{accuracy['metric']}": v for s, v in accuracy.get("decoded", {}).items()}
     meta.add_history("huffman", params, metrics)
     header_meta = {**asdict(meta), "layers": layers}

@@ -311,18 +311,6 @@ def storage_estimate(model: nn.Module, rows: list[SharedLayer]) -> dict[str, Any
             "model_ratio": total * FP32_BITS / model_bits if model_bits else None}
 
 
-def _measure(model: nn.Module, bundle, task: str, splits: tuple[str, ...]) -> dict[str, float]:
-    """The primary metric (top-1 / mAP) on each of ``splits`` ("val", "test") that has samples."""
-    from ..evaluate import evaluate, primary_metric
-
-    key, out = primary_metric(task), {}
-    for split in splits:
-        data = getattr(bundle, split)
-        if len(data):
-            out[split] = float(evaluate(model, data, task, 256)[key])
-    return out
-
-
 def _check_paths(model_path: Path, out: Path) -> tuple[Path, Path]:
     from ..io import check_outputs, existing_file, sidecar
 
@@ -368,7 +356,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     codebook + uint8 indices per shared layer, a "quantize" history entry) and its JSON report."""
     from ..artifact import load_model, save_model
     from ..data import load_data_for_model
-    from ..evaluate import primary_metric
+    from ..evaluate import measure_splits, primary_metric
     from ..io import write_json
     from ..prune.api import loop_config
     from ..prune.recovery import finetune
@@ -392,7 +380,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     timing: dict[str, float] = {}
     if bundle is not None:
         log("measuring the input model ...")
-        accuracy["before"] = _measure(model, bundle, meta.task, splits)
+        accuracy["before"] = measure_splits(model, bundle, meta.task, splits)
     criterion = _criterion(cfg, model, meta, bundle, model_path) if bundle is not None else None
     folded, frozen = [], []
     if cfg.fold_bn and cfg.freeze_bn:
@@ -417,7 +405,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     log(f"shared {len(rows)} layers in {timing['kmeans_seconds']:.1f} s"
         + (f" ({len(unshared)} below --min-weights left as they are)" if unshared else ""))
     if bundle is not None:
-        accuracy["kmeans"] = _measure(model, bundle, meta.task, splits)
+        accuracy["kmeans"] = measure_splits(model, bundle, meta.task, splits)
 
     if cfg.finetune > 0:
         t0 = time.time()
@@ -440,7 +428,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     model.eval()
     update_counts(model, rows)
     if bundle is not None and cfg.finetune > 0:
-        accuracy["finetuned"] = _measure(model, bundle, meta.task, splits)
+        accuracy["finetuned"] = measure_splits(model, bundle, meta.task, splits)
 
     storage = storage_estimate(model, rows)
     params: dict[str, Any] = {
