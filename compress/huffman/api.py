@@ -98,12 +98,13 @@ def plan_tensors(model: nn.Module, shared: dict[str, tuple[np.ndarray, np.ndarra
     modules = dict(model.named_modules())
     scales: dict[str, np.ndarray] = {}
     skip: set[str] = set()
+
     def vector(a: np.ndarray) -> np.ndarray:  # dcz stores float16-exact float32 values in 2 bytes
         return a.astype(np.float16).astype(np.float32) if cfg.vector_bits == 16 else a
 
     for pair in plan.folded:
         scale, bias = (vector(v) for v in fold_factors(modules[pair.conv], modules[pair.bn]))
-        if not np.all(scale == 1):  # an already folded BN (k-means --fold-bn) has s = 1: nothing to store
+        if not np.all(scale == 1):  # a BN already folded to identity + bias has s = 1: nothing to store
             scales[f"{pair.conv}.weight"] = scale
         bn_state = identity_bn_state(pair, torch.from_numpy(bias))
         skip.update(bn_state)
