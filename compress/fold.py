@@ -93,10 +93,7 @@ def fold_in_place(model: nn.Module) -> list[FoldedPair]:
             conv, bn = modules[pair.conv], modules[pair.bn]
             scale, bias = fold_factors(conv, bn)
             conv.weight.mul_(torch.from_numpy(scale).to(conv.weight).view(-1, *[1] * (conv.weight.ndim - 1)))
-            if conv.bias is not None:
-                conv.bias.zero_()
-            for key, value in identity_bn_state(pair, torch.from_numpy(bias)).items():
-                getattr(bn, key.rsplit(".", 1)[1]).copy_(value)
+            set_folded(conv, bn, pair, torch.from_numpy(bias))
             bn.register_forward_pre_hook(_frozen)
     return pairs
 
@@ -125,3 +122,17 @@ def identity_bn_state(pair: FoldedPair, bias: torch.Tensor) -> dict[str, torch.T
             f"{pair.bn}.running_mean": torch.zeros(n),
             f"{pair.bn}.running_var": torch.full((n,), float(torch.tensor(1.0) - eps)),
             f"{pair.bn}.num_batches_tracked": torch.tensor(0, dtype=torch.long)}
+
+
+def set_folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pair: FoldedPair, bias: torch.Tensor,
+               gamma: torch.Tensor | None = None) -> None:
+    """Give ``bn`` the folded state (:func:`identity_bn_state`: identity + ``bias``, or ``gamma``
+    per channel instead of 1) and zero the conv's own bias (``bias`` includes it). No grad."""
+    state = identity_bn_state(pair, bias)
+    if gamma is not None:
+        state[f"{pair.bn}.weight"] = gamma
+    with torch.no_grad():
+        for key, value in state.items():
+            getattr(bn, key.rsplit(".", 1)[1]).copy_(value)
+        if conv.bias is not None:
+            conv.bias.zero_()

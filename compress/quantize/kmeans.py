@@ -220,13 +220,12 @@ def fold_factors_now(model: nn.Module, pairs) -> dict[str, torch.Tensor]:
     return {p.conv: torch.from_numpy(fold_factors(modules[p.conv], modules[p.bn])[0]) for p in pairs}
 
 
-@torch.no_grad()
 def settle_folded(model: nn.Module, pairs) -> None:
     """After fine-tuning: move each folded layer's 1/s into its BatchNorm, so the conv weight is
     exactly ``centroids[indices]`` (one codebook, storable as codebook + indices) and the BN the
     per-channel factor s_now/s_then plus the folded bias (mean 0, var 1 − eps: see
     :mod:`compress.fold`). The network computes the same function up to float rounding."""
-    from ..fold import fold_factors, identity_bn_state
+    from ..fold import fold_factors, set_folded
 
     modules = dict(model.named_modules())
     for pair in pairs:
@@ -237,12 +236,7 @@ def settle_folded(model: nn.Module, pairs) -> None:
         if not isinstance(shared, SharedWeight) or shared.scale is None:
             continue
         s_now, bias = (torch.from_numpy(v) for v in fold_factors(conv, bn))
-        state = identity_bn_state(pair, bias)
-        state[f"{pair.bn}.weight"] = s_now * shared.scale.cpu()
-        for key, value in state.items():
-            getattr(bn, key.rsplit(".", 1)[1]).copy_(value)
-        if conv.bias is not None:
-            conv.bias.zero_()
+        set_folded(conv, bn, pair, bias, gamma=s_now * shared.scale.cpu())
         shared.scale = None
 
 
