@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "huffman": ("compress.commands.huffman", "Huffman-code a model into a .dcz container (Deep Compression), or decode one"),
     "export": ("compress.commands.export", "export a model artifact to ONNX (verified against PyTorch)"),
     "bench": ("compress.commands.bench", "compare latency, size and accuracy of model variants"),
+    "pipeline": ("compress.commands.pipeline", "run a YAML recipe of stages, skipping what did not change"),
     "serve": ("compress.commands.serve", "serve ONNX models over HTTP (FastAPI + ONNX Runtime)"),
     "loadtest": ("compress.commands.loadtest", "load-test a running service: req/s and latency percentiles"),
 }

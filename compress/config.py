@@ -113,8 +113,10 @@ class StageConfig:
                 if not optional:
                     raise UserError(f"{name} is required")
                 continue
-            setattr(self, f.name, value := _coerce(value, base, name, f.metadata.get("parse")))
             choices = f.metadata.get("choices")
+            if isinstance(value, bool) and base is str and choices and {"on", "off"} <= set(choices):
+                value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+            setattr(self, f.name, value := _coerce(value, base, name, f.metadata.get("parse")))
             if choices is not None:
                 items = value if isinstance(value, list) else [value]
                 for v in items:
@@ -181,6 +183,28 @@ class StageConfig:
                 kw["metavar"] = f.metadata.get("metavar") or (
                     "{" + ",".join(map(str, choices)) + "}" if choices else f.name.upper())
             target.add_argument(flag_name(f), **kw)
+
+    @classmethod
+    def argv(cls, options: Mapping[str, Any]) -> list[str]:
+        """The command-line flags that give ``options`` (field name → value, as in a recipe)."""
+        import json
+
+        fields = {f.name: f for f, _tp in cls._fields()}
+        out: list[str] = []
+        for name, value in options.items():
+            f = fields[name]
+            flag = flag_name(f)
+            if isinstance(value, bool):
+                out.append(flag if value else "--no-" + flag[2:])
+            elif value is None:
+                continue
+            elif isinstance(value, (list, tuple)):
+                out += [flag, *map(str, value)] if f.metadata.get("repeat") else [flag, ",".join(map(str, value))]
+            elif isinstance(value, dict):
+                out += [flag, json.dumps(value, separators=(",", ":"))]
+            else:
+                out += [flag, str(value)]
+        return out
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):

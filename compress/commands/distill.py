@@ -36,25 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..distill.api import distill
     from ..distill.config import DistillConfig
-    from ..report import format_table, human_count
+    from ..report.train import format_distill
 
     cfg = DistillConfig.from_args(args)
     result = distill(args.output, cfg, report_path=args.json_path, log_path=args.log_path,
                      progress=not args.no_progress)
     if result is None:  # a torchrun worker other than rank 0
         return 0
-    r = result.report
-    key = "top1" if r["data"]["task"] == "multiclass" else "map"
-    t, s = r["teacher"], r["student"]
-    teacher_value = (t["test"] or {}).get(key, t.get("recorded_" + key))
-    rows = [{"model": f"teacher {t['arch']}", "params": human_count(t["params"]), "MACs": human_count(t["macs"]),
-             f"test {key}": teacher_value},
-            {"model": f"student {s['arch']}", "params": human_count(s["params"]), "MACs": human_count(s["macs"]),
-             f"test {key}": r["result"]["test_scalars"][key]}]
-    print(format_table(rows, ["model", "params", "MACs", f"test {key}"]))
-    crit = r["config"]["criterion"]
-    print(f"loss {crit.get('loss')} (T={crit.get('temperature')}), teacher logits "
-          f"{crit.get('teacher_logits', 'computed every step')}; best epoch {r['result']['best_epoch']}/"
-          f"{r['result']['epochs_run']}, {r['result']['seconds']:.1f} s")
+    print(format_distill(result.report))
     print(f"saved {result.output} (report {result.report_path}, log {result.log_path})")
     return 0

@@ -19,7 +19,6 @@ the start: any flag given overrides it, --preset none turns it off.
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def add_output_arguments(p: argparse.ArgumentParser, *, what: str = "model artifact", tensorboard: bool = True) -> None:
@@ -41,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import format_table, human_count
+    from ..report.train import format_train
     from ..training.api import TrainStageConfig, train
 
     cfg = TrainStageConfig.from_args(args)
@@ -49,15 +48,6 @@ def run(args: argparse.Namespace) -> int:
                    tensorboard=args.tensorboard, progress=not args.no_progress)
     if result is None:  # a torchrun worker other than rank 0
         return 0
-    r = result.report
-    cols = ["top1", "top5", "f1_macro", "far", "frr", "loss"] if r["data"]["task"] == "multiclass" else \
-        ["map", "f1_micro", "f1_macro", "exact_match", "far", "frr", "loss"]
-    test = r["result"]["test_scalars"]
-    print(format_table([{"split": "val (best)", **{c: r["result"]["val"].get(c) for c in cols}},
-                        {"split": "test", **{c: test.get(c) for c in cols}}], ["split", *cols]))
-    m = r["model"]
-    print(f"{m['arch']} {json.dumps(m['kwargs'])}: {human_count(m['params'])} params, {human_count(m['macs'])} "
-          f"MACs at {cfg.image_size}px; best epoch {r['result']['best_epoch']}/{r['result']['epochs_run']}, "
-          f"{r['result']['seconds']:.1f} s")
+    print(format_train(result.report, cfg.image_size))
     print(f"saved {result.output} (report {result.report_path}, log {result.log_path})")
     return 0
