@@ -56,8 +56,8 @@ data:
 		exit 1; \
 	fi
 
-# `make serve` serves the demo's model (make demo); SERVE_MODEL=path.onnx PORT=... to change.
-SERVE_MODEL ?= runs/demo/base.onnx
+# `make serve` serves the demo's INT8 model (make demo); SERVE_MODEL=path.onnx PORT=... to change.
+SERVE_MODEL ?= runs/demo/pruned_int8.onnx
 PORT ?= 8000
 IMAGE ?= deepcompress-serve
 # BASE_IMAGE: default python:3.11-slim (the Dockerfile's); on a machine without Docker Hub access

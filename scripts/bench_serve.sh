@@ -3,7 +3,7 @@
 #
 #   bash scripts/bench_serve.sh [OUT_DIR]          # default runs/serve_bench; `make bench-serve`
 #
-# Models: the digits MobileNetV2 (runs/demo/base.onnx if `make demo` made it, else
+# Models: the digits MobileNetV2 (runs/demo/base_onnx.onnx if `make demo` made it, else
 # OUT_DIR/base.safetensors, trained here with the default settings when missing, ~5-8 min) and an
 # untrained MobileNetV2 with the ImageNet stem at 224x224 (latency does not depend on the weights).
 # For each model three servers run side by side on loopback ports:
@@ -43,8 +43,8 @@ mkdir -p "$OUT"
 
 DIGITS_ONNX="$OUT/digits_mobilenet_v2.onnx"
 if [ ! -f "$DIGITS_ONNX" ]; then
-    if [ -f runs/demo/base.onnx ]; then
-        cp runs/demo/base.onnx "$DIGITS_ONNX"
+    if [ -f runs/demo/base_onnx.onnx ]; then
+        cp runs/demo/base_onnx.onnx "$DIGITS_ONNX"
     else
         [ -f "$OUT/base.safetensors" ] || "$BIN/compress" train --model mobilenet_v2 --data digits -o "$OUT/base.safetensors"
         "$BIN/compress" export "$OUT/base.safetensors" -o "$DIGITS_ONNX"

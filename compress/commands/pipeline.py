@@ -59,6 +59,15 @@ def _print_summary(result) -> None:
     print("\n" + format_table(rows, ["stage", "type", "status", "seconds", "output", "size"]))
     print(f"{len(result.ran)} ran, {len(result.skipped)} unchanged (skipped); "
           f"{result.state['seconds']:.0f} s; state in {result.out_dir}/pipeline.json")
+    bench = result.state.get("bench")
+    if bench and Path(bench).is_file():
+        import json
+
+        from ..report.bench import format_comparison
+
+        print("\n" + format_comparison(json.loads(Path(bench).read_text())))
+    if result.report_html:
+        print(f"report: {result.report_html} (and {result.report_md})")
     model = serving_choice(result.state)
     if model is not None:
         name = model.stem.replace(".", "_")
@@ -77,8 +86,8 @@ def serving_choice(state: dict) -> Path | None:
 
     files = [Path(r["output"]) for r in state["stages"] if r["output"].endswith((".onnx", ".dcz"))]
     if state.get("bench") and Path(state["bench"]).is_file():
-        results = json.loads(Path(state["bench"]).read_text()).get("results", [])
-        variants = json.loads(Path(state["bench"]).read_text()).get("variants", [])
+        bench = json.loads(Path(state["bench"]).read_text())
+        results, variants = bench.get("results", []), bench.get("variants", [])
         paths = {v["model"]: Path(v["path"]) for v in variants}
         timed = [(r["p50_ms"], paths.get(r["model"])) for r in results if r.get("batch") == 1]
         timed = [(t, p) for t, p in timed if p is not None and p.suffix in (".onnx", ".dcz") and p.is_file()]

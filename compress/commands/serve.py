@@ -5,7 +5,7 @@ works with the base install only); this command is the same thing under the comp
 Preprocessing (input size, mean/std, interpolation), labels, task and the compression history
 come from the ONNX file's metadata (`compress export` writes them).
 
-    compress serve runs/demo/base.onnx --port 8000
+    compress serve runs/demo/base_onnx.onnx --port 8000
     compress serve --model digits=base.onnx --model pruned=pruned.onnx --workers 2 --threads 1
     compress serve base.onnx --max-batch 8 --max-wait-ms 2 --host 0.0.0.0 --api-key "$KEY"
     compress serve model.dcz          # a Huffman-coded container (compress huffman encode), decoded at start

@@ -273,7 +273,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path | None = None, *, force: bo
         state["seconds"] = round(time.perf_counter() - started, 2)
         _save_state(out, state, {}, [])
         if report:
-            result.report_html, result.report_md = _write_report(out, state, say)
+            result.report_html, result.report_md = _write_report(out, state)
         return result
 
 
@@ -290,11 +290,9 @@ def _save_state(out: Path, state: dict[str, Any], old_records: dict[str, dict], 
     write_json(out / STATE_NAME, {**state, "stages": state["stages"] + later})
 
 
-def _write_report(out: Path, state: dict[str, Any], say: Log) -> tuple[Path | None, Path | None]:
+def _write_report(out: Path, state: dict[str, Any]) -> tuple[Path | None, Path | None]:
     try:
         from ..report.pipeline import write_pipeline_report
     except ImportError:  # pragma: no cover - the report module is part of the package
         return None, None
-    html, md = write_pipeline_report(out, state)
-    say(f"\nreport: {html} (Markdown: {md})")
-    return html, md
+    return write_pipeline_report(out, state)

@@ -44,6 +44,29 @@ def format_report(report: "BenchReport") -> str:
     return "\n".join(parts)
 
 
+def format_comparison(report: dict) -> str:
+    """One line per variant (a bench report's JSON dict): coded size and the ratio to the baseline,
+    accuracy and agreement, p50 latency and speed-up at each batch size (the most threads timed)."""
+    threads = max(r["threads"] for r in report["results"]) if report["results"] else None
+    cells = {(r["model"], r["batch"]): r for r in report["results"] if r["threads"] == threads}
+    batches = sorted({b for _m, b in cells})
+    base = report["variants"][0]
+    base_bytes = base["stored_bytes"] or base["file_bytes"]
+    rows = []
+    for v in report["variants"]:
+        size = v["stored_bytes"] or v["file_bytes"]
+        row = {"model": v["model"], "precision": v.get("precision"), "size": human_bytes(size),
+               "x smaller": ratio(base_bytes / size) if size else None}
+        if report["config"].get("data"):
+            row.update({"acc": pct(v["accuracy"]), "agree": pct(v["agreement"])})
+        for b in batches:
+            cell = cells.get((v["model"], b))
+            row[f"p50 ms b{b}"] = round(cell["p50_ms"], 2) if cell else None
+            row[f"speedup b{b}"] = ratio(cell["speedup"]) if cell else None
+        rows.append(row)
+    return format_table(rows) + f"\n(ratios to {base['model']}; {threads} thread(s); size = the coded size of a .dcz)"
+
+
 CSV_COLUMNS = ("model", "engine", "precision", "batch", "threads", "input", "runs", "p50_ms", "p90_ms", "p99_ms",
                "mean_ms", "std_ms", "iqr_ms", "min_ms", "max_ms", "throughput", "speedup", "latency_ratio",
                "gmacs_per_s", "file_bytes", "stored_bytes", "size_ratio", "params", "params_ratio", "macs",
