@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bench.api import BenchReport
@@ -98,5 +98,65 @@ def plot_sensitivity(baseline: float, rows: Sequence["SensitivityRow"], path, *,
     ax.set_title("Pruning sensitivity per layer group")
     if len(by_layer) <= 30:
         ax.legend(fontsize=6, ncol=2, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)
+
+
+def plot_accuracy_vs(points: Sequence[tuple[str, float, float]], path: str | os.PathLike, *, xlabel: str,
+                     ylabel: str = "accuracy (%)", title: str = "", log_x: bool = False,
+                     log_base: int = 10, x_format: Callable[[float], str] | None = None) -> Path:
+    """A PNG: one named point per model, (x, accuracy in %) — x a cost such as the median latency
+    in ms or the size in bytes. ``log_x``: a log axis ticked at the powers of ``log_base`` (and at
+    2 and 5 times them in base 10), labelled by ``x_format`` (default: plain numbers)."""
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    cmap = plt.get_cmap("tab10")
+    for i, (name, x, y) in enumerate(points):
+        ax.scatter(x, y, color=cmap(i % 10), s=45, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if log_x:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=log_base, subs=(1.0, 2.0, 5.0) if log_base == 10 else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: x_format(v) if x_format else f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ys = [y for _, _, y in points]
+    pad = max(0.5, (max(ys) - min(ys)) * 0.15)
+    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    ax.margins(x=0.15)
+    if not log_x:
+        ax.set_xlim(left=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)
+
+
+def plot_per_layer(series: dict[str, dict[str, float]], path: str | os.PathLike, *, ylabel: str,
+                   title: str = "") -> Path:
+    """A PNG of grouped bars: one group per layer, one bar per series (e.g. per stage); layers in
+    the order of the series that names the most of them."""
+    plt = _pyplot()
+    # the longest series sets the order (the others may list a subset, or list it backwards)
+    longest = max(series.values(), key=len, default={})
+    layers = list(dict.fromkeys([*longest, *(name for values in series.values() for name in values)]))
+    n = max(len(series), 1)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(min(20.0, max(7.5, 0.22 * len(layers) * n + 2)), 5.2))
+    cmap = plt.get_cmap("tab10")
+    for k, (label, values) in enumerate(series.items()):
+        xs = [i + (k - (n - 1) / 2) * width for i, name in enumerate(layers) if name in values]
+        ax.bar(xs, [values[name] for name in layers if name in values], width=width, color=cmap(k % 10),
+               label=label)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=90, fontsize=6 if len(layers) > 30 else 7)
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return _save(fig, path, dpi=100)
