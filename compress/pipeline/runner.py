@@ -291,8 +291,11 @@ def _save_state(out: Path, state: dict[str, Any], old_records: dict[str, dict], 
 
 
 def _write_report(out: Path, state: dict[str, Any]) -> tuple[Path | None, Path | None]:
+    """report.html and report.md; a failure to write them (a full disk) is a warning, not a lost run."""
+    from ..report.pipeline import write_pipeline_report
+
     try:
-        from ..report.pipeline import write_pipeline_report
-    except ImportError:  # pragma: no cover - the report module is part of the package
+        return write_pipeline_report(out, state)
+    except OSError as e:
+        print(f"warning: the report was not written: {e}", file=sys.stderr)
         return None, None
-    return write_pipeline_report(out, state)
