@@ -174,6 +174,10 @@ def test_every_stage_ran_and_left_its_output_and_report(tiny_run):
     assert {r["batch"] for r in bench["results"]} == {1, 8}
     assert state["bench"] == str(out / "bench.json") and state["finished"]
     assert result.report_html and result.report_html.is_file() and result.report_md.is_file()
+    html, md = result.report_html.read_text(), result.report_md.read_text()
+    for r in state["stages"]:
+        assert r["name"] in html and r["name"] in md and r["command"].split()[1] in md
+    assert html.count("data:image/png;base64,") >= 3, "accuracy plots and the per-layer plots are inlined"
 
 
 def test_each_stage_command_fills_the_same_config(tiny_run):
