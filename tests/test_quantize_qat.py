@@ -273,6 +273,8 @@ def test_auto_runs_qat_when_post_training_quantization_refuses(digits_onnx, tmp_
     result = caught.value.result
     assert result.qat["needed"] and result.qat["ran"] and result.qat["why"].startswith("PTQ best agreement")
     assert result.qat["epochs"] == 1 and result.qat["distill"] and result.qat["steps"] == 2
+    # QAT's distillation weight is its own (--qat-kd-alpha, default 1: the fp32 model alone), not --kd-alpha's 0.7
+    assert result.qat["run"]["criterion"]["alpha"] == 1.0 and QuantizeConfig().kd_alpha == 0.7
     ptq = [t for t in result.trials if not t.get("qat")]
     assert len(ptq) == 1 and result.qat["agreement_before"] == ptq[0]["agreement"] == result.qat["ptq_best_agreement"]
     assert result.qat["agreement_after"] < 1.0

@@ -96,6 +96,10 @@ class QuantizeConfig(KDOptions):
                            "quantize the result: auto = only when no post-training candidate reaches "
                            "--min-agreement and the input is a .safetensors artifact; on = always; off = never")
     qat_epochs: int = option(2, check=_at_least_1, group=_Q, help="epochs of quantization-aware fine-tuning")
+    qat_kd_alpha: float = option(1.0, check=(lambda v: 0 <= v <= 1, "must be in [0, 1]"), group=_Q,
+                                 help="kd loss: weight of the fp32 teacher's soft targets in quantization-aware "
+                                      "fine-tuning, 1 - alpha on the labels (1 = match the fp32 model alone: "
+                                      "the aim is agreement with it; --kd-alpha is the other stages' weight)")
     # --- k-means
     conv_bits: int | None = option(None, check=_bits, group=_K,
                                    help="bits of convolution layers (default --kmeans-bits)")
