@@ -253,3 +253,31 @@ def test_input_inside_the_output_folder_is_refused(tmp_path):
     recipe = write_recipe(tmp_path, HEAD + f"  - export: {{input: {model}}}\n")
     with pytest.raises(UserError, match="lies in the output folder"):
         run(recipe, tmp_path / "out")
+
+
+def test_distill_stages_get_their_teacher_and_student(tmp_path):
+    """Fine-tuning a pruned student and training a new one, both taught by the train stage; each
+    stage's command parses back into the Config it ran with."""
+    recipe = write_recipe(tmp_path, """\
+name: tinyd
+data: digits
+defaults: {train_limit: 64, max_steps_per_epoch: 1}
+stages:
+  - train: {name: base, width_mult: 0.25, image_size: 16, epochs: 1, batch_size: 32, bn_recalibrate: 32}
+  - prune: {name: pruned, ratio: 0.5, finetune: 0, bench: false}
+  - distill: {name: healed, epochs: 1, batch_size: 32}
+  - distill: {name: fresh, model: mobilenet_v2, width_mult: 0.25, image_size: 16, epochs: 1, batch_size: 32}
+""")
+    out = tmp_path / "out"
+    run(recipe, out, report=False)
+    records = {r["name"]: r for r in read_state(out)["stages"]}
+    assert records["healed"]["inputs"] == {"model": str(out / "pruned.safetensors"),
+                                          "teacher": str(out / "base.safetensors")}
+    assert records["fresh"]["inputs"] == {"teacher": str(out / "base.safetensors")}
+    assert records["healed"]["config"]["student"] == str(out / "pruned.safetensors")
+    assert records["fresh"]["config"]["student"] is None and records["fresh"]["config"]["model"] == "mobilenet_v2"
+    for r in records.values():
+        argv = shlex.split(r["command"])[1:]
+        args = build_parser(argv).parse_args(argv)
+        cls = STAGE_TYPES[r["type"]].config_class()
+        assert json.loads(json.dumps(cls.from_args(args).to_dict())) == r["config"], r["name"]

@@ -66,8 +66,6 @@ class StageType:
         """Stand-ins for the injected options while a recipe is validated (no file exists yet)."""
         if self.name != "distill":
             return {}
-        if "teacher" in options and not isinstance(options.get("teacher"), str):
-            return {}
         return {"teacher": "<teacher>", **({} if options.get("model") else {"student": "<input>"})}
 
     def check(self, config, where: str) -> None:
