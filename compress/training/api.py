@@ -260,4 +260,12 @@ def _finish(model, bundle, cfg: TrainStageConfig, result, pretrained, out: Path,
             "result": {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                        "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
                        "val": result.best_metrics, "test": test, "test_scalars": test_scalars},
-            "history": result.history}
+            "history": result.history, "machine": _machine_now()}
+
+
+def _machine_now() -> dict[str, Any]:
+    """The machine and its load average as the run ends (1, 5, 15 minutes: the 15-minute figure
+    covers most of a short run), so a time quoted from this report comes with its load."""
+    from ..sysinfo import machine_info
+
+    return machine_info()
