@@ -281,3 +281,11 @@ stages:
         args = build_parser(argv).parse_args(argv)
         cls = STAGE_TYPES[r["type"]].config_class()
         assert json.loads(json.dumps(cls.from_args(args).to_dict())) == r["config"], r["name"]
+
+
+def test_output_folder_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, HEAD + "  - train: {}\n")
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    assert main(["pipeline", str(recipe), "-o", str(taken)]) == 2
+    assert "is a file" in capsys.readouterr().err and taken.read_text() == "mine"

@@ -205,6 +205,8 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path | None = None, *, force: bo
     from ..sysinfo import machine_info
 
     out = Path(out_dir or recipe.out or Path("runs") / recipe.name)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} is a file; give a folder with -o")
     stages = recipe.stages
     resolve_references(stages)
     outputs = plan_outputs(recipe, out)
