@@ -289,3 +289,24 @@ def test_output_folder_that_is_a_file_is_one_line_exit_2(tmp_path, capsys):
     taken.write_text("mine")
     assert main(["pipeline", str(recipe), "-o", str(taken)]) == 2
     assert "is a file" in capsys.readouterr().err and taken.read_text() == "mine"
+
+
+def test_the_model_suggested_for_serving_is_onnx_runtimes_fastest(tmp_path):
+    """A peer runtime's faster row for the same file does not count: the service runs ONNX Runtime."""
+    from compress.commands.pipeline import serving_choice
+
+    files = {n: tmp_path / f"{n}.onnx" for n in ("base", "pruned", "int8")}
+    for p in files.values():
+        p.write_bytes(b"x")
+    variants = [{"model": n, "path": str(p)} for n, p in files.items()] + \
+        [{"model": "pruned [openvino]", "path": str(files["pruned"])}]
+    results = [{"model": "base", "engine": "onnxruntime", "batch": 1, "p50_ms": 1.0},
+               {"model": "pruned", "engine": "onnxruntime", "batch": 1, "p50_ms": 0.75},
+               {"model": "int8", "engine": "onnxruntime-int8", "batch": 1, "p50_ms": 0.6},
+               {"model": "int8", "engine": "onnxruntime-int8", "batch": 8, "p50_ms": 9.0},
+               {"model": "pruned [openvino]", "engine": "openvino", "batch": 1, "p50_ms": 0.5}]
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"variants": variants, "results": results}))
+    stages = [{"output": str(p)} for p in files.values()]
+    assert serving_choice({"stages": stages, "bench": str(bench)}) == files["int8"]
+    assert serving_choice({"stages": stages, "bench": None}) == files["int8"], "no bench: the last model made"

@@ -80,8 +80,8 @@ def _print_summary(result) -> None:
 
 
 def serving_choice(state: dict) -> Path | None:
-    """The model to serve: the fastest ONNX or .dcz file at batch 1 in the run's bench, else the
-    last one the run made."""
+    """The model to serve: the ONNX or .dcz file ONNX Runtime ran fastest at batch 1 in the run's
+    bench (not a peer runtime's row for the same file), else the last one the run made."""
     import json
 
     files = [Path(r["output"]) for r in state["stages"] if r["output"].endswith((".onnx", ".dcz"))]
@@ -89,7 +89,8 @@ def serving_choice(state: dict) -> Path | None:
         bench = json.loads(Path(state["bench"]).read_text())
         results, variants = bench.get("results", []), bench.get("variants", [])
         paths = {v["model"]: Path(v["path"]) for v in variants}
-        timed = [(r["p50_ms"], paths.get(r["model"])) for r in results if r.get("batch") == 1]
+        timed = [(r["p50_ms"], paths.get(r["model"])) for r in results  # the service runs ONNX Runtime
+                 if r.get("batch") == 1 and str(r.get("engine", "")).startswith("onnxruntime")]
         timed = [(t, p) for t, p in timed if p is not None and p.suffix in (".onnx", ".dcz") and p.is_file()]
         if timed:
             return min(timed, key=lambda tp: tp[0])[1]
