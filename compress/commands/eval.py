@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-MULTICLASS_ROWS = ["top1", "top5", "precision_macro", "recall_macro", "f1_macro"]
-MULTILABEL_ROWS = ["map", "f1_micro", "f1_macro", "precision_micro", "recall_micro", "exact_match"]
-COMMON_ROWS = ["far", "frr", "threshold", "eer", "eer_threshold", "loss", "n"]
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluate import EvalConfig
@@ -31,16 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalConfig, evaluate_artifact, scalar_metrics
-    from ..report import format_table
+    from ..evaluate import EvalConfig, evaluate_artifact
+    from ..report.evaluate import format_eval
 
     result = evaluate_artifact(args.model, EvalConfig.from_args(args), report_path=args.json_path)
-    scalars = scalar_metrics(result.metrics)
-    order = (MULTICLASS_ROWS if result.task == "multiclass" else MULTILABEL_ROWS) + COMMON_ROWS
-    print(f"{result.model} on {result.data} [{result.split}, {result.n} samples]")
-    print(format_table([{"metric": k, "value": scalars[k]} for k in order if k in scalars], ["metric", "value"]))
-    if args.per_class:
-        table = result.metrics.get("per_class") or result.metrics.get("per_label") or {}
-        print(format_table([{"label": lab, **vals} for lab, vals in table.items()]))
+    print(format_eval(result, per_class=args.per_class))
     print(f"wrote {result.report_path}")
     return 0

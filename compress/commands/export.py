@@ -25,15 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import ExportConfig, export_artifact
-    from ..report import format_table, human_bytes
+    from ..report.export import format_export
 
     cfg = ExportConfig.from_args(args)
-    report = export_artifact(args.model, args.output, cfg)
-    diff = "-" if report.max_abs_diff is None else f"{report.max_abs_diff:.2e}"
-    shape = "Nx{}x{}x{}".format(*report.input_size) if cfg.static_shape else f"Nx{report.input_size[0]}xHxW"
-    print(format_table([{"onnx": str(report.path), "size": human_bytes(report.file_bytes), "opset": report.opset,
-                         "nodes": report.nodes, "input": shape, "max abs diff": diff,
-                         "verified on": report.verified_on}]))
-    for note in report.notes:
-        print(f"note: {note}")
+    print(format_export(export_artifact(args.model, args.output, cfg), cfg.static_shape))
     return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .stages import STAGE_TYPES, StageType
+from .stages import MODEL_SUFFIXES, STAGE_TYPES, StageType
 
 RECIPE_KEYS = ("name", "description", "data", "model", "defaults", "out", "stages")
 PIPELINE_KEYS = ("name", "input", "teacher", "models")
@@ -199,7 +199,7 @@ def _stage(item: Any, item_node, where: str, defaults: dict, model: str | None, 
     cls = stype.config_class()
     fields = {f.name for f in dataclasses.fields(cls)}
     own = {k: v for k, v in options.items() if k not in PIPELINE_KEYS}
-    for key, value in options.items():
+    for key in options:
         if key in PIPELINE_KEYS and key != "name" and key not in stype.pipeline_keys:
             raise UserError(f"{where}:{key_lines.get(key, line)}: {type_name} takes no `{key}`")
     if stype.name == "distill" and "student" in own:
@@ -252,7 +252,7 @@ def _check_references(stages: list[Stage], where: str) -> None:
                 if key != "models" and names[ref].output_suffix not in accepts:
                     raise UserError(f"{where}:{s.line}: {s.name}: {key} {ref!r} makes a {names[ref].output_suffix} "
                                     f"file; {s.type.name} takes {' or '.join(accepts)}")
-                if key == "models" and names[ref].output_suffix not in (".safetensors", ".onnx", ".dcz"):
+                if key == "models" and names[ref].output_suffix not in MODEL_SUFFIXES:
                     raise UserError(f"{where}:{s.line}: {s.name}: {ref!r} makes no model to bench")
             elif not Path(ref).is_file():
                 raise UserError(f"{where}:{s.line}: {s.name}: {key} {ref!r} is neither an earlier stage "

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from .. import __version__
 from ..errors import UserError
 from .recipe import Recipe, Stage
+from .stages import MODEL_SUFFIXES
 
 STATE_NAME = "pipeline.json"
 Log = Callable[[str], None]
@@ -62,7 +63,7 @@ def default_bench_models(stages: list[Stage]) -> list[str]:
     names: list[str] = []
     for s in stages:
         suffix = s.output_suffix
-        if suffix not in (".safetensors", ".onnx", ".dcz"):
+        if suffix not in MODEL_SUFFIXES:
             continue
         if s.type.name == "export" and s.input and any(st.name == s.input for st in stages):
             continue  # listed at its source's place
@@ -131,8 +132,8 @@ def stage_key(stage: Stage, options: dict[str, Any], inputs: dict[str, Any], has
 
 def stage_command(stage: Stage, inputs: dict[str, Any], output: Path) -> str:
     """The `compress ...` command that does what this stage does."""
-    given = [k for k in stage.options if not (stage.type.name == "distill" and k in ("teacher", "student"))]
-    flags = stage.type.config_class().argv({k: getattr(stage.config, k) for k in given})  # validated values
+    # the options the recipe gave (never teacher/student: those are inputs), with their validated values
+    flags = stage.type.config_class().argv({k: getattr(stage.config, k) for k in stage.options})
     model = [str(inputs["model"])] if "model" in inputs else []
     t = stage.type.name
     if t == "train":
@@ -238,7 +239,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path | None = None, *, force: bo
             if missing:
                 raise UserError(f"{stage.name}: input not found: {missing[0]}")
             hashes = {str(p): file_sha256(p) for _r, p in _input_files(inputs)}
-            options = {**stage.options, **stage.type.injected(stage.options, inputs)}
+            options = {**stage.options, **stage.type.injected(inputs)}
             key = stage_key(stage, stage.options, inputs, hashes)
             record = old_records.get(stage.name)
             header = f"[{i}/{len(stages)}] {stage.name} ({stage.type.name}) -> {output}"

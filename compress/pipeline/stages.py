@@ -3,7 +3,6 @@ the runner calls the stage's library function (the same one its command calls) a
 command's own table."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,6 @@ class StageRun:
 
     report: Path | None
     table: str
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class StageType:
             return not config.model  # a new student (`model:`) starts from scratch
         return bool(self.inputs) and self.name != "bench"
 
-    def injected(self, config_options: dict[str, Any], inputs: dict[str, Path]) -> dict[str, Any]:
+    def injected(self, inputs: dict[str, Path]) -> dict[str, Any]:
         """Options the runner fills from the resolved inputs (distill's teacher and student)."""
         if self.name != "distill":
             return {}
@@ -103,12 +101,9 @@ def _prune(config, inputs, output: Path, progress: bool, log) -> StageRun:
 def _export(config, inputs, output: Path, progress: bool, log) -> StageRun:
     from ..export import export_artifact
     from ..io import sidecar
-    from ..report import format_table, human_bytes
+    from ..report.export import format_export
 
-    r = export_artifact(inputs["model"], output, config)
-    diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
-    table = format_table([{"onnx": str(r.path), "size": human_bytes(r.file_bytes), "opset": r.opset,
-                           "nodes": r.nodes, "max abs diff": diff, "verified on": r.verified_on}])
+    table = format_export(export_artifact(inputs["model"], output, config), config.static_shape)
     report = sidecar(output)
     return StageRun(report if report.is_file() else None, table)
 
@@ -142,15 +137,10 @@ def _huffman(config, inputs, output: Path, progress: bool, log) -> StageRun:
 
 
 def _eval(config, inputs, output: Path, progress: bool, log) -> StageRun:
-    from ..evaluate import evaluate_artifact, scalar_metrics
-    from ..report import format_table
+    from ..evaluate import evaluate_artifact
+    from ..report.evaluate import format_eval
 
-    result = evaluate_artifact(inputs["model"], config, report_path=output)
-    scalars = scalar_metrics(result.metrics)
-    keys = ["top1", "top5", "f1_macro", "loss"] if result.task == "multiclass" else ["map", "f1_micro", "loss"]
-    table = format_table([{"model": str(result.model), "split": f"{result.split} ({result.n})",
-                           **{k: scalars.get(k) for k in keys}}])
-    return StageRun(output, table)
+    return StageRun(output, format_eval(evaluate_artifact(inputs["model"], config, report_path=output)))
 
 
 def _bench(config, inputs, output: Path, progress: bool, log) -> StageRun:
@@ -161,10 +151,6 @@ def _bench(config, inputs, output: Path, progress: bool, log) -> StageRun:
     report = run_benchmark(models, config, progress=log)
     write_report(report, output.with_suffix(""), plot=config.plot)
     return StageRun(output, format_report(report))
-
-
-def _eval_output(config) -> str:
-    return ".json"
 
 
 def _quantize_output(config) -> str:
@@ -179,7 +165,7 @@ STAGE_TYPES: dict[str, StageType] = {t.name: t for t in (
     StageType("quantize", "compress.quantize.config:QuantizeConfig", _quantize, inputs=(".onnx", ".safetensors"),
               output=_quantize_output),
     StageType("huffman", "compress.huffman.config:HuffmanConfig", _huffman, output=".dcz"),
-    StageType("eval", "compress.evaluate:EvalConfig", _eval, inputs=(".safetensors", ".dcz"), output=_eval_output),
+    StageType("eval", "compress.evaluate:EvalConfig", _eval, inputs=(".safetensors", ".dcz"), output=".json"),
     StageType("bench", "compress.bench.api:BenchConfig", _bench, inputs=MODEL_SUFFIXES, output=".json",
               pipeline_keys=("models",)),
 )}
