@@ -23,6 +23,7 @@ from tests.test_serve_cli import free_port
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER_LOCAL = ROOT.parent / "shared" / "tools" / "docker-local.sh"
 IMAGE = "deepcompress-serve:test"
+LABEL = "org.deepcompress.test=serve"  # on every image this file builds, so it can remove its own old ones
 BUILD_TIMEOUT = 900
 
 
@@ -103,10 +104,11 @@ def image(docker_base, digits_onnx) -> dict:  # noqa: F811
     start = time.time()
     try:
         _docker("build", "--network", "host", "--build-arg", f"BASE_IMAGE={docker_base}",
-                "--build-arg", "MODEL=docker/models/digits.onnx", "-f", "docker/Dockerfile", "-t", IMAGE, str(ROOT),
-                timeout=BUILD_TIMEOUT)
+                "--build-arg", "MODEL=docker/models/digits.onnx", "--label", LABEL, "-f", "docker/Dockerfile",
+                "-t", IMAGE, str(ROOT), timeout=BUILD_TIMEOUT)
     finally:
         baked.unlink()
+        _remove_old_test_images()
     context_dir = ROOT / "runs" / "docker_test"
     context_dir.mkdir(parents=True, exist_ok=True)
     size = int(_docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout.strip())
@@ -115,11 +117,23 @@ def image(docker_base, digits_onnx) -> dict:  # noqa: F811
     return facts
 
 
+def _remove_old_test_images() -> None:
+    """Each rebuild leaves the previous test image untagged. dockerd here uses the vfs driver, which
+    stores every layer as a full copy (a 0.5 GB image takes several GB), so thirty stale builds
+    filled the disk once: remove this file's untagged images and the containers left behind."""
+    _docker("container", "prune", "-f", "--filter", f"label={LABEL}", check=False)
+    _docker("image", "prune", "-f", "--filter", f"label={LABEL}", check=False, timeout=600)
+
+
 class Container:
     def __init__(self, *run_args: str):
         self.port = free_port()
         self.name = f"serve-test-{uuid.uuid4().hex[:8]}"
-        _docker("run", "-d", "--network", "host", "--name", self.name, "-e", f"PORT={self.port}", *run_args)
+        try:
+            _docker("run", "-d", "--network", "host", "--name", self.name, "-e", f"PORT={self.port}", *run_args)
+        except AssertionError:
+            self.remove()  # a failed run can leave a created container behind
+            raise
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 60) -> None:
