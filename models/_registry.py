@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-__all__ = ["register_model", "create_model", "list_models", "get_model_entry", "UnknownModelError", "ModelEntry"]
+__all__ = ["register_model", "create_model", "list_models", "get_model_entry", "UnknownModelError", "ModelEntry",
+           "residual_blocks", "remove_blocks"]
 
 
 class UnknownModelError(ValueError):
@@ -69,6 +70,8 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module
     ``kwargs`` go to the builder (``width_mult``, ``act_layer``, ``small_input``, ``drop_rate``,
     ``drop_path_rate``, ...). ``small_input`` is False (ImageNet layout, total stride 32), ``"stem"``
     (the stem at stride 1: total stride 16) or True (stem and first downsampling at stride 1: 8). They must be JSON-serialisable so the model artifact can store them.
+    ``removed_blocks`` (a list of module names from :func:`residual_blocks`) replaces those blocks
+    by the identity: the depth-pruned network, rebuilt from its name and keyword arguments alone.
     """
     entry = get_model_entry(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -77,7 +80,48 @@ def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module
         json.dumps(kwargs)
     except TypeError as e:
         raise TypeError(f"model keyword arguments must be JSON-serialisable (strings, numbers): {e}") from None
+    removed = kwargs.pop("removed_blocks", None) or []
     model = entry.builder(num_classes=num_classes, **kwargs)
     model.arch = name
     model.arch_kwargs = dict(kwargs)
+    remove_blocks(model, removed)
     return model
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of the blocks whose output is ``x + f(x)`` with an identity shortcut (same shape in
+    and out), in forward order: the blocks depth pruning can remove, leaving ``x``. MobileNetV2/V3
+    and EfficientNet blocks say so with ``use_res_connect``; a ResNet block has no ``downsample``
+    (its final ReLU then sees a non-negative ``x``, so the identity is exact there too)."""
+    names = []
+    for name, m in model.named_modules():
+        if getattr(m, "use_res_connect", False) is True or (hasattr(m, "downsample") and m.downsample is None
+                                                             and hasattr(m, "conv1")):
+            names.append(name)
+    return names
+
+
+def remove_blocks(model: nn.Module, names: list[str]) -> nn.Module:
+    """Replace the named residual blocks by ``nn.Identity`` (in place) and record them in
+    ``model.arch_kwargs["removed_blocks"]``; a name that is not a removable block is a ValueError."""
+    if not names:
+        return model
+    removable = set(residual_blocks(model))
+    bad = [n for n in names if n not in removable]
+    if bad:
+        raise ValueError(f"not removable residual blocks of {getattr(model, 'arch', type(model).__name__)}: "
+                         f"{', '.join(map(str, bad))} (removable: {', '.join(residual_blocks(model)) or 'none'})")
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, nn.Identity())
+    kwargs = getattr(model, "arch_kwargs", {})
+    done = list(kwargs.get("removed_blocks", []))
+    kwargs["removed_blocks"] = sorted(set(done) | set(names), key=_name_key)
+    model.arch_kwargs = kwargs
+    return model
+
+
+def _name_key(name: str) -> tuple:
+    """Module names in forward order: ``features.10`` after ``features.9``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))

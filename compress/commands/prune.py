@@ -12,6 +12,12 @@ and SE blocks consistent; the classifier keeps its outputs):
     compress prune base.safetensors --target-latency-ms 2 --bench-input-size 224 -o p.safetensors
     compress prune base.safetensors --ratio 0.6 --steps 3 --finetune 3 -o p.safetensors
 
+Depth pruning (whole residual blocks out, x + f(x) becomes x; fewer operators, which width
+pruning cannot give; combines with --ratio, blocks first):
+
+    compress prune base.safetensors --blocks 3 --ratio 0.3 --finetune 3 -o p.safetensors
+    compress prune base.safetensors --drop-block features.3 --drop-block features.5 -o p.safetensors
+
 Unstructured (zeros for the Huffman stage; gradual AGP schedule during --finetune, masks held):
 
     compress prune resnet.safetensors --sparsity 0.9 --global --finetune 6 -o s.safetensors

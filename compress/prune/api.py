@@ -183,6 +183,7 @@ def _structured(job: _Job) -> tuple[dict[str, Any], dict[str, Any]]:
                               between_steps=between, compute_gradients=grads)
 
     extra: dict[str, Any] = {}
+    removed = _depth(job, extra) if cfg.blocks or cfg.drop_block else []
     ratio = cfg.ratio if cfg.ratio is not None else 0.0
     if cfg.target_macs is not None or cfg.target_latency_ms is not None:
         ratio, extra["search"] = _search_ratio(job, prune)
@@ -192,11 +193,64 @@ def _structured(job: _Job) -> tuple[dict[str, Any], dict[str, Any]]:
         prune(model, ratio, between)
     params = {"ratio": ratio, "steps": cfg.steps, "round_to": cfg.round_to, "ignored": list(cfg.ignore),
               "ratio_file": cfg.ratio_file}
+    if removed:
+        params["removed_blocks"] = removed
     if cfg.finetune:
         extra["finetune_metrics"] = job.tune(cfg.finetune)
     groups_after = {g.name: g.channels for g in channel_groups(model, job.example, cfg.ignore)}
     extra["channels"] = {name: [groups_before[name], groups_after.get(name)] for name in groups_before}
     return params, extra
+
+
+def _eval_split(job: _Job):
+    """(name, split) the analysis and the block ranking evaluate on: validation (the first
+    ``--analyze-samples`` of it), the test split only for data sets without one."""
+    bundle, n = job.bundle, job.cfg.analyze_samples
+    name, split = ("val", bundle.val) if len(bundle.val) else ("test", bundle.test)
+    if n and n < len(split):
+        from torch.utils.data import Subset
+
+        split = Subset(split, range(n))
+    return name, split
+
+
+def _depth(job: _Job, extra: dict[str, Any]) -> list[str]:
+    """Remove ``--drop-block`` blocks, or the ``--blocks`` cheapest ones by validation metric;
+    records the ranking in ``extra["depth"]`` and the removal in the artifact's ``arch_kwargs``."""
+    from models import remove_blocks, residual_blocks
+
+    from .depth import choose_blocks, rank_blocks
+
+    cfg, model = job.cfg, job.model
+    available = residual_blocks(model)
+    if cfg.drop_block:
+        unknown = [b for b in cfg.drop_block if b not in available]
+        if unknown:
+            raise UserError(f"--drop-block {unknown[0]}: not a removable residual block of this {job.meta.arch} "
+                            f"(removable: {', '.join(available) or 'none'})")
+        names, depth = list(dict.fromkeys(cfg.drop_block)), {"chosen_by": "name"}
+    else:
+        if not available:
+            raise UserError(f"--blocks: {job.meta.arch} has no residual blocks left to remove (depth pruning needs "
+                            "x + f(x) blocks: MobileNetV2/V3, EfficientNet, ResNet)")
+        if cfg.blocks > len(available):
+            raise UserError(f"--blocks {cfg.blocks}: this {job.meta.arch} has only {len(available)} removable "
+                            f"residual blocks ({', '.join(available)})")
+        from ..data import make_loader
+
+        split_name, split = _eval_split(job)
+        job.log(f"ranking {len(available)} residual blocks on {len(split)} {split_name} images ...")
+        baseline, trials = rank_blocks(model, make_loader(split, 256, shuffle=False), job.meta.task,
+                                       progress=job.log)
+        names = choose_blocks(trials, cfg.blocks)
+        depth = {"chosen_by": f"the change of the outputs (mean KL divergence) on {len(split)} {split_name} "
+                              "images, each block removed alone",
+                 "baseline": baseline, "trials": [t.to_dict() for t in trials]}
+    job.log(f"removing {len(names)} residual block(s): {', '.join(names)}")
+    remove_blocks(model, names)
+    job.meta.arch_kwargs = dict(model.arch_kwargs)
+    extra["depth"] = {**depth, "removed": list(model.arch_kwargs["removed_blocks"])}
+    return names
 
 
 def _search_ratio(job: _Job, prune) -> tuple[float, dict[str, Any]]:
@@ -335,17 +389,13 @@ def analyze_artifact(model_path: str | os.PathLike, output: str | os.PathLike | 
     if cfg.method == "taylor":
         model.zero_grad(set_to_none=True)
         gradient_fn(bundle, meta.task)(model)
-    split = bundle.val if len(bundle.val) else bundle.test
-    if cfg.analyze_samples and cfg.analyze_samples < len(split):
-        from torch.utils.data import Subset
-
-        split = Subset(split, range(cfg.analyze_samples))
+    split_name, split = _eval_split(job)
     baseline, rows = analyze_sensitivity(model, job.example, lambda m: float(evaluate(m, split, meta.task, 256)[key]),
                                          ratios=cfg.ratios, importance=importance_by_name(cfg.method),
                                          round_to=cfg.round_to or None, ignored_layers=cfg.ignore, progress=log)
     ratios = choose_ratios(rows, cfg.max_drop)
     report = {"command": "prune --analyze", "input": str(model_path), "metric": key,
-              "split": "val" if len(bundle.val) else "test", "samples": len(split), "baseline": baseline,
+              "split": split_name, "samples": len(split), "baseline": baseline,
               "ratios_tested": cfg.ratios, "max_drop": cfg.max_drop, "method": cfg.method, "round_to": cfg.round_to,
               "rows": [r.to_dict() for r in rows], "ratios": ratios, "seconds": round(time.time() - started, 1)}
     write_json(out, ratios)

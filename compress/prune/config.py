@@ -18,6 +18,7 @@ MODES = ("structured", "unstructured", "analyze")
 
 _S, _U, _A = "structured (channel) pruning", "unstructured (weight) pruning", "sensitivity analysis"
 _F, _B = "fine-tuning and data", "report"
+_D = "depth pruning (whole residual blocks)"
 _open_unit = (lambda v: 0 < v < 1, "must satisfy 0 < ratio < 1")
 _at_least_1 = (lambda v: v >= 1, "must be >= 1")
 _at_least_0 = (lambda v: v >= 0, "must be >= 0")
@@ -46,6 +47,13 @@ class PruneConfig(KDOptions):
     target_latency_ms: float | None = option(None, check=(lambda v: v > 0, "must be > 0"), group=_S,
                                              help="search the ratio to reach this ONNX Runtime latency (batch 1, "
                                                   "2 threads, bench input size)")
+    blocks: int = option(0, check=_at_least_0, group=_D,
+                         help="depth pruning: remove this many residual blocks (x + f(x) becomes x), those whose "
+                              "removal alone costs the least validation accuracy (see --analyze-samples); applied "
+                              "before channel pruning, so it combines with --ratio")
+    drop_block: list[str] = option(default_factory=list, repeat=True, metavar="BLOCK", group=_D,
+                                   help="remove this residual block by name (e.g. features.5; `compress prune "
+                                        "--blocks` reports the candidates); repeatable")
     sparsity: float | None = option(None, check=(lambda v: 0 < v < 1, "must satisfy 0 < sparsity < 1"), group=_U,
                                     help="fraction of conv/linear weights to zero, 0 < s < 1")
     analyze: bool = option(False, group=_A, help="prune each layer group alone and report the accuracy drop")
@@ -53,7 +61,8 @@ class PruneConfig(KDOptions):
                                  check=(lambda v: all(0 < r < 1 for r in v), "must all satisfy 0 < r < 1"),
                                  group=_A, metavar="R[,R...]", help="ratios to try per group")
     analyze_samples: int = option(0, check=_at_least_0, group=_A,
-                                  help="evaluate each trial on the first N validation samples (0 = all)")
+                                  help="evaluate each trial (of --analyze and of the --blocks ranking) on the first N "
+                                       "validation samples (0 = all)")
     max_drop: float = option(1.0, check=_at_least_0, group=_A,
                              help="accuracy drop (points) allowed per group when writing the ratio file")
     finetune: int = option(0, check=_at_least_0, metavar="EPOCHS", group=_F, help="fine-tuning epochs after pruning")
@@ -81,7 +90,8 @@ class PruneConfig(KDOptions):
     def structured_options(self) -> list[str]:
         return [n for n, v in (("--ratio", self.ratio), ("--ratio-file", self.ratio_file),
                                ("--target-macs", self.target_macs),
-                               ("--target-latency-ms", self.target_latency_ms)) if v is not None]
+                               ("--target-latency-ms", self.target_latency_ms)) if v is not None] + \
+            (["--blocks"] if self.blocks else []) + (["--drop-block"] if self.drop_block else [])
 
     def mode(self) -> str:
         """structured | unstructured | analyze (after :meth:`check`)."""
@@ -98,21 +108,24 @@ class PruneConfig(KDOptions):
         targets = [n for n in structured if n.startswith("--target")]
         if len(targets) > 1:
             raise UserError("give one of --target-macs and --target-latency-ms")
+        if self.blocks and self.drop_block:
+            raise UserError("give --blocks (chosen by validation accuracy) or --drop-block (named), not both")
         if targets and (self.ratio is not None or self.ratio_file):
             raise UserError(f"{targets[0]} searches the ratio itself; drop --ratio/--ratio-file")
         if self.sparsity is not None and self.steps != 1:
             raise UserError("--steps is for structured pruning; --sparsity uses the AGP schedule over --finetune")
         if not (self.analyze or self.sparsity is not None or structured):
             raise UserError("nothing to do: give --ratio, --ratio-file, --target-macs, --target-latency-ms, "
-                            "--sparsity or --analyze")
+                            "--blocks, --drop-block, --sparsity or --analyze")
 
     def distilling(self) -> bool:
         """Whether fine-tuning distils from the unpruned model (the default whenever it fine-tunes)."""
         return self.distill and self.finetune > 0
 
     def needs_data(self) -> bool:
-        """Whether the stage needs a data set (fine-tuning, the analysis, Taylor importance)."""
-        return self.analyze or self.finetune > 0 or self.method == "taylor"
+        """Whether the stage needs a data set (fine-tuning, the analysis, Taylor importance, ranking
+        blocks for --blocks)."""
+        return self.analyze or self.finetune > 0 or self.method == "taylor" or self.blocks > 0
 
     def bench_size(self, model_side: int) -> int | None:
         """The latency input side, or ``None`` when latency is not measured."""

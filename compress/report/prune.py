@@ -59,6 +59,16 @@ def format_prune(result: "PruneResult") -> str:
                f"logits {crit.get('teacher_logits', 'computed every step')}; --no-distill for labels only)") if crit \
             else "labels only (no distillation)"
         parts.append(f"fine-tuned {epochs} epoch(s): {how}")
+    if "depth" in result.extra:
+        d = result.extra["depth"]
+        if d.get("trials"):
+            removed = set(d["removed"])
+            parts.append(format_table([{"block": t["block"], "KL alone out": f"{t['divergence']:.4g}",
+                                        "accuracy alone out": f"{100 * t['accuracy']:.2f}%",
+                                        "removed": "yes" if t["block"] in removed else ""} for t in d["trials"]],
+                                      ["block", "KL alone out", "accuracy alone out", "removed"]))
+            parts.append(f"blocks ranked by {d['chosen_by']}; intact: {100 * d['baseline']:.2f}%")
+        parts.append(f"depth pruning: {len(d['removed'])} residual block(s) out: {', '.join(d['removed'])}")
     if "search" in result.extra:
         s = result.extra["search"]
         parts.append(f"ratio search: {s['measure']} target {s['target']:g} -> ratio {s['ratio']:.3f} "
