@@ -15,6 +15,10 @@ Every value is a JSON document (strings too), under these keys:
     interpolation  Pillow resampling filter used to resize images to input_size ("bilinear",
                  "bicubic", ...; absent in files written before it existed: read as "bilinear")
     history      one record per stage that produced the model (stage, params, metrics, time)
+    embedding_output  "embedding": the name of the graph's second output, (N, D) float32, the
+                 pooled features before the final Linear (not normalised); present only when
+                 the graph has that output (``compress export --embedding``, the default)
+    embedding_dim  D, the width of that output
 
 Read them without this package with ``onnxruntime``:
 ``json.loads(session.get_modelmeta().custom_metadata_map["labels"])``.
@@ -38,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 ONNX_META_FORMAT = "compress-onnx/1"
 META_KEYS = ("arch", "arch_kwargs", "num_classes", "task", "labels", "input_size", "mean", "std", "history",
              "interpolation")
+EMBEDDING_OUTPUT = "embedding"  # see compress/export.py; serve/ reads it by this name
+EMBEDDING_KEYS = ("embedding_output", "embedding_dim")
 
 
 def meta_to_props(meta: "ModelMeta") -> dict[str, str]:
@@ -48,11 +54,26 @@ def meta_to_props(meta: "ModelMeta") -> dict[str, str]:
     return props
 
 
+def embedding_dim(model: "onnx.ModelProto") -> int | None:
+    """D of the graph's ``embedding`` output (N, D), or ``None`` when it has none (or D is not a
+    fixed number)."""
+    for out in model.graph.output:
+        if out.name == EMBEDDING_OUTPUT:
+            dims = out.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 0:
+                return int(dims[1].dim_value)
+    return None
+
+
 def set_onnx_meta(model: "onnx.ModelProto", meta: "ModelMeta") -> None:
     """Write ``meta`` into ``model.metadata_props``, replacing earlier values of our keys and
-    keeping any other entries (a quantizer's, for example)."""
+    keeping any other entries (a quantizer's, for example). The embedding keys follow the graph:
+    written when it has an ``embedding`` output, removed when it has not."""
     props = meta_to_props(meta)
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    dim = embedding_dim(model)
+    if dim is not None:
+        props.update({"embedding_output": json.dumps(EMBEDDING_OUTPUT), "embedding_dim": json.dumps(dim)})
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props and p.key not in EMBEDDING_KEYS]
     del model.metadata_props[:]
     for key, value in kept + list(props.items()):
         entry = model.metadata_props.add()
