@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from . import __version__
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware
-from .routers import oip, ops, predict
+from .routers import classes, oip, ops, predict
 from .schemas import InferenceRequest
 from .service import BodyLimitMiddleware, Service
 from .settings import Settings
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
-    for router in (predict.router, oip.health, oip.router, ops.health, ops.router):
+    for router in (predict.router, classes.router, oip.health, oip.router, ops.health, ops.router):
         app.include_router(router)
     app.fast_predict = predict.FastPredict(app, service)  # plain POST /predict, same answers
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)

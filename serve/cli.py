@@ -9,7 +9,8 @@ The first model is the default of /predict; every model is addressable by name
 (/predict?model=NAME, /v2/models/NAME/infer). Each worker process loads every model with
 --threads ONNX Runtime intra-op threads; size workers x threads to the CPUs you give the service.
 API: POST /predict, POST /predict/batch, /v2/... (Open Inference Protocol), GET /healthz,
-/readyz, /model, /models, /metrics, /docs (OpenAPI).
+/readyz, /model, /models, /metrics, /docs (OpenAPI); few-shot classes (models with an
+embedding output): POST/GET /v1/classes, DELETE /v1/classes/NAME, POST /predict?mode=prototype.
 """
 from __future__ import annotations
 
@@ -77,6 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lim.add_argument("--api-key", default=None,
                      help=f"require 'Authorization: Bearer KEY' on every route but the health checks "
                           f"(default: ${API_KEY_ENV} if set, else no key)")
+    f = p.add_argument_group("few-shot classes")
+    f.add_argument("--classes-dir", default=None, metavar="DIR",
+                   help="where classes enrolled with POST /v1/classes are saved, as NAME.classes.json "
+                        "(default: beside each model file, as STEM.classes.json; give a writable DIR when "
+                        "the models are on a read-only mount)")
     o = p.add_argument_group("logging")
     o.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default %(default)s)")
@@ -103,7 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> S.Settings:
                       max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                       max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                       max_files=args.max_files, timeout_s=args.timeout, top_k=args.top_k, api_key=api_key,
-                      ort_spinning=args.ort_spinning, inline_max_ms=args.inline_max_ms)
+                      ort_spinning=args.ort_spinning, inline_max_ms=args.inline_max_ms,
+                      classes_dir=args.classes_dir or None)
 
 
 def check_models(settings: S.Settings) -> list:

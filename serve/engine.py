@@ -7,6 +7,11 @@ The metadata keys are those ``compress export`` writes (each value a JSON docume
 ``interpolation``, ``history``, ``arch``, ``arch_kwargs``, ``num_classes``, ``format``, and an
 optional ``threshold`` (default decision threshold of a multi-label model). A third-party ONNX
 file without them is served with labels "0".."K-1", mean 0 / std 1 and the graph's input size.
+
+A model may have a second output, the pooled penultimate features (N, D) float32 that few-shot
+classes are enrolled from: named by ``embedding_output`` (and ``embedding_dim`` = D) in the
+metadata, or simply called ``embedding``. The logits are the other 2-D output, taken by name, so
+``/predict`` runs only the logits and a two-output model serves exactly as a one-output one.
 """
 from __future__ import annotations
 
@@ -117,11 +122,21 @@ class ModelInfo:
     file_bytes: int = 0
     sha256: str = ""
     inputs: list[TensorSpec] = field(default_factory=list)
-    outputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)   # every graph output
+    logits_output: str = ""                 # the (N, classes) output /predict reads
+    embedding_output: str | None = None     # the (N, D) features output, if the model has one
+    embedding_dim: int | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def served_outputs(self) -> list[TensorSpec]:
+        """The outputs the Open Inference Protocol offers: logits, then the embedding (if any)."""
+        names = [self.logits_output] + ([self.embedding_output] if self.embedding_output else [])
+        by_name = {o.name: o for o in self.outputs}
+        return [by_name[n] for n in names]
 
 
 def _json_prop(props: dict[str, str], key: str, default: Any, source: str) -> Any:
@@ -131,6 +146,47 @@ def _json_prop(props: dict[str, str], key: str, default: Any, source: str) -> An
         return json.loads(props[key])
     except ValueError:
         raise ModelLoadError(f"{source}: metadata {key!r} is not valid JSON") from None
+
+
+EMBEDDING_OUTPUT = "embedding"  # the output's name when the metadata does not name it
+
+
+def _text_prop(props: dict[str, str], key: str) -> str | None:
+    """A metadata value that is a string, stored as JSON text (ours) or bare (hand-written)."""
+    if key not in props:
+        return None
+    try:
+        value = json.loads(props[key])
+    except ValueError:
+        return props[key]
+    return value if isinstance(value, str) else props[key]
+
+
+def _embedding_output(props: dict[str, str], outputs: list[TensorSpec], source: str) \
+        -> tuple[TensorSpec | None, int | None]:
+    """(the embedding output, D) or (None, None); :class:`ModelLoadError` when the metadata names
+    an embedding the graph does not have, or one of the wrong kind."""
+    named = _text_prop(props, "embedding_output")
+    want = named or EMBEDDING_OUTPUT
+    found = next((o for o in outputs if o.name == want), None)
+    if found is None or len(outputs) < 2:
+        if named:
+            raise ModelLoadError(f"{source}: metadata embedding_output {named!r} is not one of the graph's "
+                                 f"outputs {[o.name for o in outputs]}")
+        return None, None
+    dim = _json_prop(props, "embedding_dim", None, source)
+    problems = []
+    if len(found.shape) != 2 or found.datatype != "FP32":
+        problems.append(f"must be FP32 (N, D), is {found.datatype} {found.shape}")
+    elif dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+        problems.append(f"embedding_dim must be a positive integer, got {dim!r}")
+    elif dim is not None and found.shape[1] > 0 and dim != found.shape[1]:
+        problems.append(f"embedding_dim {dim} disagrees with the graph's {found.shape}")
+    elif dim is None and found.shape[1] <= 0:
+        problems.append("its dimension is dynamic and the metadata has no embedding_dim")
+    if problems:
+        raise ModelLoadError(f"{source}: embedding output {want!r}: {'; '.join(problems)}")
+    return found, int(dim if dim is not None else found.shape[1])
 
 
 def read_info(name: str, path: Path, session) -> ModelInfo:
@@ -143,12 +199,14 @@ def read_info(name: str, path: Path, session) -> ModelInfo:
                              f"{[(i.name, i.shape) for i in inputs]}")
     if inputs[0].datatype != "FP32":
         raise ModelLoadError(f"{source}: the input must be float32, got {inputs[0].datatype}")
-    if not outputs or len(outputs[0].shape) != 2:
-        raise ModelLoadError(f"{source}: expected a (N, classes) output, got {[(o.name, o.shape) for o in outputs]}")
     props = dict(session.get_modelmeta().custom_metadata_map)
+    embedding, embedding_dim = _embedding_output(props, outputs, source)
+    logits_out = next((o for o in outputs if o is not embedding), None)
+    if logits_out is None or len(logits_out.shape) != 2:
+        raise ModelLoadError(f"{source}: expected a (N, classes) output, got {[(o.name, o.shape) for o in outputs]}")
     ours = _json_prop(props, "format", None, source) == OUR_FORMAT
     _, c, h, w = inputs[0].shape
-    k = outputs[0].shape[1]
+    k = logits_out.shape[1]
     input_size = _json_prop(props, "input_size", None, source) if ours else None
     if input_size is None:
         side = h if h > 0 else DEFAULT_SIDE
@@ -195,7 +253,9 @@ def read_info(name: str, path: Path, session) -> ModelInfo:
         threshold=float(threshold), arch=_json_prop(props, "arch", None, source) if ours else None,
         arch_kwargs=_json_prop(props, "arch_kwargs", {}, source) if ours else {},
         history=_json_prop(props, "history", [], source) if ours else [], has_metadata=ours,
-        file_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), inputs=inputs, outputs=outputs)
+        file_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), inputs=inputs, outputs=outputs,
+        logits_output=logits_out.name, embedding_output=embedding.name if embedding else None,
+        embedding_dim=embedding_dim)
 
 
 class Model:
@@ -218,7 +278,8 @@ class Model:
         self.threads = int(threads)
         self.info = read_info(name, path, self.session)
         self.input_name = self.info.inputs[0].name
-        self.output_name = self.info.outputs[0].name
+        self.output_name = self.info.logits_output
+        self._feature_names = [self.output_name] + ([self.info.embedding_output] if self.info.embedding_output else [])
         _, h, w = self.info.input_size
         self.transform = ImageTransform(h, w, tuple(self.info.mean), tuple(self.info.std), self.info.interpolation)
 
@@ -234,6 +295,24 @@ class Model:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, classes) float32 for a float32 batch (N, C, H, W). Blocking; thread-safe."""
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    @property
+    def has_embedding(self) -> bool:
+        return self.info.embedding_output is not None
+
+    def run_features(self, batch: np.ndarray) -> np.ndarray:
+        """Logits and embedding of one call, side by side: (N, classes + D) float32 (split with
+        :meth:`split_features`). Blocking; thread-safe. Only for a model with an embedding."""
+        logits, embedding = self.session.run(self._feature_names, {self.input_name: batch})
+        if logits.shape[1] != self.info.num_classes or embedding.shape[1] != self.info.embedding_dim:
+            raise ValueError(f"outputs of shape {logits.shape} and {embedding.shape}, expected "
+                             f"(N, {self.info.num_classes}) and (N, {self.info.embedding_dim})")
+        return np.concatenate([logits, embedding.astype(np.float32, copy=False)], axis=1)
+
+    def split_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (N, classes), embedding (N, D)) of :meth:`run_features`' rows."""
+        k = self.info.num_classes
+        return features[:, :k], features[:, k:]
 
     def warm_up(self) -> None:
         self.run(np.zeros((1, *self.image_shape), dtype=np.float32))

@@ -10,6 +10,8 @@ set (``--workers N`` sets it, so ``/metrics`` on any worker reports the sum over
                                                       "inline" on the event loop thread (idle server)
     serve_requests_in_flight                          requests being handled now
     serve_queue_depth{model}                          requests waiting for inference now
+    serve_fewshot_enrolments_total{model}             few-shot classes enrolled or replaced
+    serve_prototype_predictions_total{model}          images classified by nearest prototype
     process_* / python_*                              RSS, CPU, GC of this process (one worker)
 """
 from __future__ import annotations
@@ -57,6 +59,10 @@ class Metrics:
                                        "'inference' (the model's inference thread) or 'inline' (the event loop "
                                        "thread, for a lone request on an idle server).", ["model", "thread"],
                                        registry=r)
+        self.enrolments = Counter("serve_fewshot_enrolments", "Few-shot classes enrolled or replaced "
+                                  "(POST /v1/classes answered 201).", ["model"], registry=r)
+        self.prototype_predictions = Counter("serve_prototype_predictions", "Images classified by their "
+                                             "nearest few-shot prototype (mode=prototype).", ["model"], registry=r)
         gauge_mode = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         self.in_flight = Gauge("serve_requests_in_flight", "Requests being handled now.", registry=r, **gauge_mode)
         self.queue_depth = Gauge("serve_queue_depth", "Requests waiting for inference now.", ["model"],

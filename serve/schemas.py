@@ -23,12 +23,15 @@ class Timing(BaseModel):
 class Prediction(BaseModel):
     label: str
     index: int = Field(description="output index of the label")
-    score: float = Field(description="softmax probability (multiclass) or sigmoid (multilabel)")
+    score: float = Field(description="softmax probability (multiclass), sigmoid (multilabel), or cosine "
+                                     "similarity to the class prototype (mode=prototype)")
 
 
 class PredictResponse(BaseModel):
     model: str
     task: Literal["multiclass", "multilabel"]
+    mode: Literal["prototype"] | None = Field(None, description="present with mode=prototype: the labels are "
+                                              "the enrolled few-shot classes, the index their enrolment order")
     predictions: list[Prediction]
     threshold: float | None = Field(None, description="multilabel: the threshold applied")
     batch_size: int = Field(description="images in the ONNX Runtime call this request ran in")
@@ -43,10 +46,37 @@ class BatchItem(BaseModel):
 class BatchResponse(BaseModel):
     model: str
     task: Literal["multiclass", "multilabel"]
+    mode: Literal["prototype"] | None = None
     threshold: float | None = None
     results: list[BatchItem]
     batch_size: int
     timing_ms: Timing
+
+
+class FewShotClass(BaseModel):
+    name: str
+    shots: int = Field(description="images the prototype was made from")
+
+
+class ClassList(BaseModel):
+    model: str
+    embedding_dim: int = Field(description="size of the model's embedding (the prototypes' length)")
+    classes: list[FewShotClass] = Field(description="in enrolment order (the `index` of a prototype prediction)")
+
+
+class ClassEnrolled(BaseModel):
+    model: str
+    name: str
+    shots: int
+    index: int = Field(description="the class's index in prototype predictions")
+    replaced: bool = Field(description="true when the name existed and ?replace=true replaced it")
+    classes: int = Field(description="classes enrolled for the model now")
+
+
+class ClassDeleted(BaseModel):
+    model: str
+    deleted: str
+    classes: int = Field(description="classes left")
 
 
 class TensorMeta(BaseModel):

@@ -17,6 +17,7 @@ from .engine import Model
 from .errors import BodyTooLarge, ServeError
 from .images import ImageError, load_image, open_image
 from .metrics import Metrics
+from .prototypes import PrototypeStore, classes_path
 from .settings import Settings
 
 log = logging.getLogger("serve")
@@ -35,6 +36,11 @@ class Service:
         self.metrics = Metrics()
         self.models: dict[str, Model] = {}
         self.queues: dict[str, InferenceQueue] = {}
+        # models with an embedding output: a second queue whose calls return logits and embedding
+        # (few-shot enrolment, prototype predictions, OIP requests for the embedding), and the
+        # enrolled classes; the plain /predict path and its queue stay as they are
+        self.feature_queues: dict[str, InferenceQueue] = {}
+        self.stores: dict[str, PrototypeStore] = {}
         self.ready: dict[str, bool] = {m.name: False for m in settings.models}
         self.preparing: dict[str, int] = {m.name: 0 for m in settings.models}  # requests being decoded
         self._warmup: asyncio.Task | None = None
@@ -58,6 +64,19 @@ class Service:
                                    alone=self._alone, on_depth=self.metrics.queue_depth.labels(spec.name).set)
             await queue.start()
             self.queues[spec.name] = queue
+            if model.has_embedding:
+                features = InferenceQueue(model.run_features, name=f"{spec.name}-features", max_batch=s.max_batch,
+                                          max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
+                                          on_batch=self._batch_observer(spec.name),
+                                          expecting=lambda name=spec.name: self.preparing[name],
+                                          inline_max_ms=s.inline_max_ms, image_shape=model.image_shape,
+                                          alone=self._alone)
+                await features.start()
+                self.feature_queues[spec.name] = features
+                store = PrototypeStore(spec.name, classes_path(spec.name, spec.path, s.classes_dir),
+                                       model_sha256=model.info.sha256, embedding_dim=model.info.embedding_dim)
+                store.load()
+                self.stores[spec.name] = store
         self._warmup = asyncio.create_task(self._warm_up())
 
     async def _warm_up(self) -> None:
@@ -71,13 +90,15 @@ class Service:
             queue.forget_timings()
             for n in sorted({1, self.settings.max_batch}):
                 await queue.submit(np.zeros((n, *model.image_shape), dtype=np.float32))
+            if name in self.feature_queues:  # the inline rule's timings for the features calls
+                await self.feature_queues[name].submit(np.zeros((1, *model.image_shape), dtype=np.float32))
             self.ready[name] = True
             log.info("model %s ready (%s, %d classes)", name, model.info.task, model.info.num_classes)
 
     async def stop(self) -> None:
         if self._warmup and not self._warmup.done():
             self._warmup.cancel()
-        for queue in self.queues.values():
+        for queue in (*self.queues.values(), *self.feature_queues.values()):
             await queue.stop()
         if self._image_pool:
             self._image_pool.shutdown(wait=False, cancel_futures=True)
@@ -118,6 +139,23 @@ class Service:
             return await self.queues[model.name].submit(batch)
         except QueueFull as e:
             raise ServeError(503, f"server busy: {e}; retry later", {"Retry-After": RETRY_AFTER_S}) from None
+
+    def store(self, model: Model) -> PrototypeStore:
+        """The few-shot classes of ``model``; 409 when it has no embedding output."""
+        store = self.stores.get(model.name)
+        if store is None:
+            raise ServeError(409, f"model {model.name!r} has no 'embedding' output, so it cannot take few-shot "
+                                  "classes: re-export it with a version of `compress export` that adds one")
+        return store
+
+    async def embed(self, model: Model, batch: np.ndarray) -> tuple[BatchResult, np.ndarray, np.ndarray]:
+        """(the call's result, logits (n, classes), embeddings (n, D)) for a model with an embedding."""
+        try:
+            result = await self.feature_queues[model.name].submit(batch)
+        except QueueFull as e:
+            raise ServeError(503, f"server busy: {e}; retry later", {"Retry-After": RETRY_AFTER_S}) from None
+        logits, embedding = model.split_features(result.logits)
+        return result, logits, embedding
 
     def arriving(self, model: Model) -> "_Arriving":
         """Marks a request for ``model`` that is reading or decoding its input (a context manager):

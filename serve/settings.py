@@ -77,9 +77,14 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     ort_spinning: bool = False
     inline_max_ms: float = DEFAULT_INLINE_MAX_MS
+    # where enrolled few-shot classes are kept (``<model name>.classes.json``); None: next to each
+    # model file (``<model file stem>.classes.json``), which a read-only mount does not allow
+    classes_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
+        if self.classes_dir is not None:
+            object.__setattr__(self, "classes_dir", Path(self.classes_dir))
         if not self.models:
             raise SettingsError("no model to serve: give MODEL.onnx or --model name=path")
         names = [m.name for m in self.models]
@@ -116,6 +121,7 @@ class Settings:
         """Round-trips through :meth:`from_json` (how worker processes receive their settings)."""
         d = asdict(self)
         d["models"] = [{"name": m.name, "path": str(m.path)} for m in self.models]
+        d["classes_dir"] = None if self.classes_dir is None else str(self.classes_dir)
         return json.dumps(d)
 
     @classmethod
@@ -128,5 +134,6 @@ class Settings:
         """The settings as shown by ``/model`` (no key, no full paths)."""
         d = json.loads(self.to_json())
         d["api_key"] = "set" if self.api_key else None
+        d["classes_dir"] = "set" if self.classes_dir else None
         d["models"] = [m.name for m in self.models]
         return d

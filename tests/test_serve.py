@@ -309,13 +309,19 @@ def _onnx_logits(onnx: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+def _embedding_dim(client) -> int | None:
+    return client.app.state.service.models["digits"].info.embedding_dim
+
+
 def test_oip_metadata_health_and_ready(client):
     assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     meta = client.get("/v2/models/digits").json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
-    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    # every output the model has: the logits, then the embedding `compress export` adds
+    assert meta["outputs"][0] == {"name": "logits", "datatype": "FP32", "shape": [-1, 10]}
+    assert meta["outputs"][1:] in ([], [{"name": "embedding", "datatype": "FP32", "shape": [-1, _embedding_dim(client)]}])
     assert client.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
     assert client.get("/v2/models/nope").status_code == 404
     assert client.get("/v2/models/digits/versions/7").status_code == 404
@@ -329,7 +335,9 @@ def test_oip_infer_json_round_trips_a_tensor(client, digits_onnx):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model_name"] == "digits" and out["id"] == "req-1"
-    (logits,) = out["outputs"]
+    # no outputs named in the request: the protocol answers with all of the model's outputs
+    logits, *rest = out["outputs"]
+    assert [o["name"] for o in rest] == (["embedding"] if _embedding_dim(client) else [])
     assert logits["name"] == "logits" and logits["datatype"] == "FP32" and logits["shape"] == [2, 10]
     got = np.asarray(logits["data"], dtype=np.float32).reshape(2, 10)
     np.testing.assert_allclose(got, _onnx_logits(digits_onnx, x), rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ from ..batching import InferenceFailed
 from ..engine import Model, softmax, sigmoid
 from ..errors import ServeError
 from ..schemas import (ErrorBody, InferenceRequest, InferenceResponse, Live, ModelMetadata, ModelReady, Ready,
-                       ServerMetadata)
+                       RequestOutput, ServerMetadata)
 from ..service import Service, get_service, read_body, require_api_key, with_timeout
 
 SERVER_NAME = "deepcompress-serve"
@@ -66,7 +66,7 @@ def _model(service: Service, name: str, version: str | None) -> Model:
 
 def _tensor_meta(model: Model) -> dict:
     return {"name": model.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-            "inputs": [vars(t) for t in model.info.inputs], "outputs": [vars(t) for t in model.info.outputs[:1]]}
+            "inputs": [vars(t) for t in model.info.inputs], "outputs": [vars(t) for t in model.info.served_outputs]}
 
 
 @router.get("/v2/models/{name}", response_model=ModelMetadata, responses=ERRORS, summary="Model metadata")
@@ -166,6 +166,25 @@ def _classification(model: Model, logits: np.ndarray, k: int) -> list[list[str]]
     return out
 
 
+def _wanted_outputs(model: Model, req: InferenceRequest) -> list[RequestOutput]:
+    """The outputs to answer with, checked: those the request names, or (the protocol's rule when
+    it names none) every output the model has, each with default settings."""
+    served = [o.name for o in model.info.served_outputs]
+    wanted = req.outputs or [RequestOutput(name=n) for n in served]
+    for out in wanted:
+        if out.name not in served:
+            raise ServeError(400, f"model {model.name!r} has no output {out.name!r}; its outputs: {', '.join(served)}")
+        k = (out.parameters or {}).get("classification")
+        if k is None:
+            continue
+        if out.name != model.output_name:
+            raise ServeError(400, f"classification applies to the logits output {model.output_name!r}, "
+                                  f"not {out.name!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ServeError(400, f"classification must be a positive integer, got {k!r}")
+    return wanted
+
+
 def _bytes_tensor(strings: list[str]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in strings))
 
@@ -176,48 +195,47 @@ def _bytes_tensor(strings: list[str]) -> bytes:
              openapi_extra=INFER_BODY, include_in_schema=False)
 async def infer(name: str, request: Request, version: str | None = None, service: Service = Depends(get_service)):
     """Input: the model's FP32 input tensor (N, 3, H, W), already normalised (mean/std from
-    `/model`). Output `logits` (N, classes) FP32, or with the output parameter `classification: k`
-    the k best classes per row as BYTES "score:index:label"."""
+    `/model`). Outputs: those the request names, else every output of the model: `logits`
+    (N, classes) FP32 (with the output parameter `classification: k`, the k best classes per row as
+    BYTES "score:index:label") and, for a model that has one, `embedding` (N, D) FP32."""
     model = _model(service, name, version)
 
     async def work():
         with service.arriving(model):
             req, binary = _split_body(request, await read_body(request))
             x = _input_tensor(model, req, binary, service.settings.max_pixels * 3)
+            wanted = _wanted_outputs(model, req)
         try:
-            result = await service.infer(model, x)
+            if any(out.name == model.info.embedding_output for out in wanted):
+                _, logits, embedding = await service.embed(model, x)
+            else:
+                logits, embedding = (await service.infer(model, x)).logits, None
         except InferenceFailed as e:
             raise ServeError(400, f"the model cannot run on this input: {e}") from None
-        return req, result
+        return req, wanted, {model.output_name: logits, model.info.embedding_output: embedding}
 
-    req, result = await with_timeout(work(), service.settings.timeout_s)
-    logits = result.logits
-    out_name = model.output_name
+    req, wanted, tensors = await with_timeout(work(), service.settings.timeout_s)
     binary_all = bool((req.parameters or {}).get("binary_data_output", False))
-    wanted = req.outputs or [None]
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for out in wanted:
-        params = (out.parameters if out else None) or {}
-        if out is not None and out.name != out_name:
-            raise ServeError(400, f"model {model.name!r} has no output {out.name!r}; its output is {out_name!r}")
+        params = out.parameters or {}
+        out_name, tensor = out.name, tensors[out.name]
         binary = bool(params.get("binary_data", binary_all))
         k = params.get("classification")
         if k is not None:
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                raise ServeError(400, f"classification must be a positive integer, got {k!r}")
             k = min(k, model.info.num_classes)
-            rows = _classification(model, logits, k)
+            rows = _classification(model, tensor, k)
             entry = {"name": out_name, "datatype": "BYTES", "shape": [len(rows), k]}
             flat = [s for row in rows for s in row]
             payload = _bytes_tensor(flat) if binary else None
             data = flat
         else:
-            if not np.isfinite(logits).all():
+            if not np.isfinite(tensor).all():
                 raise ServeError(400, "the input drove the model to non-finite outputs (values far out of range)")
-            entry = {"name": out_name, "datatype": "FP32", "shape": list(logits.shape)}
-            payload = logits.astype("<f4").tobytes() if binary else None
-            data = logits.reshape(-1).tolist()
+            entry = {"name": out_name, "datatype": "FP32", "shape": list(tensor.shape)}
+            payload = tensor.astype("<f4").tobytes() if binary else None
+            data = tensor.reshape(-1).tolist()
         if binary:
             entry["parameters"] = {"binary_data_size": len(payload)}
             blobs.append(payload)

@@ -12,13 +12,15 @@ import re
 import time
 from urllib.parse import parse_qsl
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import get_route_path
 
-from ..engine import top_predictions
+from ..engine import Model, top_predictions
 from ..errors import ServeError
 from ..images import CONTENT_TYPES
 from ..metrics import UNMATCHED
@@ -54,6 +56,9 @@ ModelQuery = Query(None, max_length=64, description="model name (default: the fi
 KQuery = Query(None, ge=1, le=1000, description="how many labels to return (multiclass default: the "
                                                 "server's --top-k; multilabel: all above the threshold)")
 ThresholdQuery = Query(None, gt=0, lt=1, description="multilabel: minimum sigmoid score (default: the model's)")
+ModeQuery = Query("logits", description="`logits`: the model's own classes; `prototype`: the nearest few-shot "
+                                        "class enrolled with POST /v1/classes, scored by cosine similarity")
+Mode = Literal["logits", "prototype"]
 
 
 def _media_type(request: Request) -> str:
@@ -131,10 +136,52 @@ def _timing(start: float, decode: float, preprocess: float, result) -> dict[str,
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=SINGLE_BODY,
              summary="Classify one image")
 async def predict(request: Request, service: Service = Depends(get_service), model: str | None = ModelQuery,
-                  k: int | None = KQuery, threshold: float | None = ThresholdQuery):
+                  k: int | None = KQuery, threshold: float | None = ThresholdQuery, mode: Mode = ModeQuery):
     """Top-k labels (multiclass, softmax) or every label above the threshold (multilabel, sigmoid),
-    with the time spent per stage in `timing_ms` and the `Server-Timing` header."""
+    with the time spent per stage in `timing_ms` and the `Server-Timing` header. With
+    `mode=prototype`: the top-k enrolled few-shot classes by cosine similarity."""
+    if mode == "prototype":
+        return await predict_prototype(request, service, model, k, threshold)
     return await predict_one(request, service, model, k, threshold)
+
+
+def _prototype_classes(service: Service, m: Model, threshold: float | None):
+    if threshold is not None:
+        raise ServeError(400, "threshold applies to mode=logits only (prototype scores are cosine similarities)")
+    classes = service.store(m).refresh()
+    if not classes:
+        raise ServeError(409, f"no few-shot classes enrolled for model {m.name!r}: enrol some with POST /v1/classes")
+    return classes
+
+
+def _nearest(service: Service, classes, embedding, k: int | None) -> list[dict]:
+    try:
+        return classes.nearest(embedding, k or service.settings.top_k)
+    except ValueError:
+        raise ServeError(400, "the image gives an all-zero or non-finite embedding: no prototype is nearest") from None
+
+
+async def predict_prototype(request: Request, service: Service, model: str | None, k: int | None,
+                            threshold: float | None) -> JSONResponse:
+    """``POST /predict?mode=prototype``: the nearest enrolled classes by cosine similarity."""
+    start = time.perf_counter()
+    m = service.model(model)
+    _prototype_classes(service, m, threshold)  # refuse before reading the image
+
+    async def work():
+        with service.arriving(m):
+            data, _ = await _single_image(request)
+            batch, decode, preprocess = await service.prepare(m, [data])
+        result, _, embedding = await service.embed(m, batch)
+        return result, embedding, decode, preprocess
+
+    result, embedding, decode, preprocess = await with_timeout(work(), service.settings.timeout_s)
+    preds = _nearest(service, _prototype_classes(service, m, None), embedding[0], k)
+    service.metrics.prototype_predictions.labels(m.name).inc()
+    timing = _timing(start, decode, preprocess, result)
+    body = {"model": m.name, "task": "multiclass", "mode": "prototype", "predictions": preds, "threshold": None,
+            "batch_size": result.batch_size, "timing_ms": timing}
+    return TimedJSONResponse(body, service, m.name, timing)
 
 
 async def predict_one(request: Request, service: Service, model: str | None, k: int | None,
@@ -175,7 +222,7 @@ class FastPredict:
 
     It takes only requests whose answer cannot differ from the FastAPI route's: query values in
     their plain form (``k`` 1-1000 as digits, ``threshold`` a decimal in (0, 1), ``model`` a model
-    name, each at most once) and, with ``--api-key``, exactly ``Authorization: Bearer KEY``
+    name, each at most once; no ``mode``) and, with ``--api-key``, exactly ``Authorization: Bearer KEY``
     (compared in constant time). Anything else — a value FastAPI must validate or reject, a
     missing or wrong key, another method — goes down the stack to the FastAPI route, which
     answers it as before (the OpenAPI schema is that route's)."""
@@ -216,6 +263,8 @@ class FastPredict:
             return None, None, None
         values: dict[str, str] = {}
         for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):  # as Starlette does
+            if name == "mode":  # prototype predictions (and mode=logits) go to the FastAPI route
+                return None
             if name in ("model", "k", "threshold"):
                 if name in values:
                     return None
@@ -304,11 +353,13 @@ async def _respond(handler, request: Request, exc: Exception, send) -> None:
 @router.post("/predict/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY,
              summary="Classify several images in one request")
 async def predict_batch(request: Request, service: Service = Depends(get_service), model: str | None = ModelQuery,
-                        k: int | None = KQuery, threshold: float | None = ThresholdQuery):
+                        k: int | None = KQuery, threshold: float | None = ThresholdQuery, mode: Mode = ModeQuery):
     """The images run as one ONNX Runtime batch; `results` are in the order the files were sent.
-    One unusable image fails the request with a 4xx naming it."""
+    One unusable image fails the request with a 4xx naming it. `mode=prototype` as on `/predict`."""
     start = time.perf_counter()
     m = service.model(model)
+    if mode == "prototype":
+        return await _predict_batch_prototype(request, service, m, k, threshold, start)
 
     async def work():
         with service.arriving(m):
@@ -323,5 +374,27 @@ async def predict_batch(request: Request, service: Service = Depends(get_service
     timing = _timing(start, decode, preprocess, result)
     body = {"model": m.name, "task": m.info.task, "results": results,
             "threshold": (threshold or m.info.threshold) if m.info.task == "multilabel" else None,
+            "batch_size": result.batch_size, "timing_ms": timing}
+    return TimedJSONResponse(body, service, m.name, timing)
+
+
+async def _predict_batch_prototype(request: Request, service: Service, m: Model, k: int | None,
+                                   threshold: float | None, start: float) -> JSONResponse:
+    _prototype_classes(service, m, threshold)
+
+    async def work():
+        with service.arriving(m):
+            files = await _many_images(request, service.settings.max_files)
+            batch, decode, preprocess = await service.prepare(m, [data for data, _ in files])
+        result, _, embedding = await service.embed(m, batch)
+        return files, result, embedding, decode, preprocess
+
+    files, result, embedding, decode, preprocess = await with_timeout(work(), service.settings.timeout_s)
+    classes = _prototype_classes(service, m, None)
+    results = [{"filename": name, "predictions": _nearest(service, classes, row, k)}
+               for (_, name), row in zip(files, embedding)]
+    service.metrics.prototype_predictions.labels(m.name).inc(len(files))
+    timing = _timing(start, decode, preprocess, result)
+    body = {"model": m.name, "task": "multiclass", "mode": "prototype", "results": results, "threshold": None,
             "batch_size": result.batch_size, "timing_ms": timing}
     return TimedJSONResponse(body, service, m.name, timing)
