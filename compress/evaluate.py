@@ -49,7 +49,8 @@ def evaluate(model: nn.Module, dataset_or_loader: Dataset | DataLoader, task: st
     multiclass: ``loss`` (mean cross-entropy), ``top1``, ``top5``, ``precision_macro``,
     ``recall_macro``, ``f1_macro``, ``far``/``frr`` at ``threshold``, ``eer``, ``per_class``,
     ``confusion_matrix``. multilabel: ``loss`` (mean BCE), ``f1_micro``, ``f1_macro``, ``map``,
-    ``exact_match``, ``far``/``frr``, ``eer``, ``per_label``. Fractions are in [0, 1]."""
+    ``exact_match``, ``far``/``frr``, ``eer``, ``per_label``. Both: ``recall_per_class`` {label:
+    recall} (per label for multilabel), the figure class imbalance hurts. Fractions are in [0, 1]."""
     logits, targets = predict(model, dataset_or_loader, batch_size, device)
     lt, tt = torch.from_numpy(logits), torch.from_numpy(targets)
     if task == "multiclass":
@@ -64,6 +65,8 @@ def evaluate(model: nn.Module, dataset_or_loader: Dataset | DataLoader, task: st
         out.update(M.multilabel_metrics(targets, logits, labels, threshold))
     else:
         raise UserError(f"unknown task {task!r}; expected multiclass or multilabel")
+    table = out.get("per_class") or out.get("per_label") or {}
+    out["recall_per_class"] = {lab: row["recall"] for lab, row in table.items()}
     return out
 
 

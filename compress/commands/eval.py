@@ -8,6 +8,8 @@ artifact). --data defaults to the data set recorded in the model's training hist
 Multiclass: top-1/top-5 accuracy, macro precision/recall/F1, FAR/FRR at --threshold
 (class-vs-rest acceptance on softmax probabilities), equal error rate, per-class table,
 confusion matrix. Multilabel: micro/macro F1, mAP, exact match, FAR/FRR, per-label table.
+Under the metrics the recall of each class (label) is printed, the figure a class imbalance
+hurts (up to 20 classes; beyond that the 20 lowest); --per-class prints the whole table instead.
 
     compress eval base.safetensors --data digits --split test
     compress eval ml.safetensors --data digits-multilabel --threshold 0.4 --per-class

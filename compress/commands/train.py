@@ -9,11 +9,15 @@ imagefolder:PATH, csv:PATH, cifar10, cifar100. Images of 64 px or less use the m
 layout (--small-input on: total stride 8) unless --small-input stem (stride 16) or off is given.
 fashion-mnist, mnist and kmnist come with a preset (epochs, schedule, stride layout, ...) printed at
 the start: any flag given overrides it, --preset none turns it off.
+Any spec takes :imbalance=R (e.g. fashion-mnist:imbalance=0.05): only a fraction R of the training
+and validation images of the upper half of the classes is kept, the test split stays whole;
+--balance oversample|undersample|class-weights is the loop's answer to such data.
 
     compress train --model mobilenet_v2 --data digits -o base.safetensors
     compress train --model resnet18 --data imagefolder:./photos --image-size 64 --epochs 40 -o r18.safetensors
     compress train --model mobilenet_v2 --data digits-multilabel -o ml.safetensors
     compress train --model mobilenet_v2 --data fashion-mnist -o fmnist.safetensors   (its preset; `make data` first)
+    compress train --data digits:imbalance=0.1 --balance oversample -o bal.safetensors
     torchrun --nproc_per_node 2 -m compress train --data digits -o ddp.safetensors   (DistributedDataParallel)
 """
 from __future__ import annotations

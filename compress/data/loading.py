@@ -5,10 +5,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import UserError
 from .datasets import ArrayDataset, DataBundle, IndexSubset
+from .imbalance import apply_imbalance
+from .spec import parse_imbalance, split_spec_options
 from .preprocess import INTERPOLATIONS
 
 KNOWN_SPECS = ("digits", "digits-multilabel", "imagefolder:PATH", "csv:PATH", "cifar10", "cifar100",
@@ -24,7 +26,8 @@ def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, *,
     ``seed`` fixes the train/val/test split (and the multi-label canvases), not the training.
     ``mean``/``std`` override the statistics measured on the training split (evaluation of a model
     uses the values stored in the model). ``train_limit`` keeps a seeded random subset of that
-    many training samples (quick experiments, tests). Bad specs raise :class:`UserError`."""
+    many training samples (quick experiments, tests), after any ``:imbalance=R`` view of the spec
+    (:mod:`.imbalance`). Bad specs raise :class:`UserError`."""
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"empty data spec; known: {', '.join(KNOWN_SPECS)}")
     if not 8 <= int(image_size) <= 1024:
@@ -37,7 +40,9 @@ def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, *,
     if std is not None and min(std) <= 0:
         raise UserError("std values must be > 0")
     spec = spec.strip()
-    kind, _, arg = spec.partition(":")
+    base_spec, options = split_spec_options(spec)
+    imbalance = parse_imbalance(options["imbalance"]) if "imbalance" in options else None
+    kind, _, arg = base_spec.partition(":")
     kind = kind.lower()
     stats = {"mean": _triple(mean), "std": _triple(std)}
     if kind in ("digits", "digits-multilabel") and not arg:
@@ -67,7 +72,14 @@ def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, *,
         bundle = load_idx_dataset(f"idx:{arg}" if kind == "idx" else kind, image_size, seed, root=data_root,
                                   interpolation=interpolation or "bilinear", **stats)
     else:
-        raise UserError(f"unknown data set {spec!r}; known: {', '.join(KNOWN_SPECS)}")
+        raise UserError(f"unknown data set {spec!r}; known: {', '.join(KNOWN_SPECS)} (each optionally followed "
+                        f"by :imbalance=R)")
+    if "classes" in options:  # a class subset (compress/data/classes.py), before any imbalance of it
+        from .classes import apply_classes, parse_classes
+
+        apply_classes(bundle, parse_classes(options["classes"]))
+    if imbalance is not None:
+        apply_imbalance(bundle, imbalance, seed)
     if train_limit is not None:
         if train_limit < 1:
             raise UserError(f"train limit must be >= 1, got {train_limit}")
@@ -87,9 +99,13 @@ def subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     """A seeded random subset of ``n`` items (the whole set when it is not larger)."""
     if n >= len(dataset):
         return dataset
-    idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+    return take(dataset, np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n]))
+
+
+def take(dataset: Dataset, idx: np.ndarray) -> Dataset:
+    """The samples ``idx`` of ``dataset`` (an in-memory copy for an :class:`ArrayDataset`)."""
     if isinstance(dataset, ArrayDataset):
-        t = torch.from_numpy(idx)
+        t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return ArrayDataset(_take(dataset.images, t), dataset.targets[t])
     return IndexSubset(dataset, idx)
 
@@ -102,18 +118,22 @@ def _take(images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, *, seed: int = 0,
-                num_workers: int = 0, drop_last: bool = False, distributed: bool = False) -> DataLoader:
+                num_workers: int = 0, drop_last: bool = False, distributed: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:
     """A DataLoader over ``dataset``. Shuffling is seeded (same order for the same seed and epoch).
 
     With ``distributed=True`` (an initialised ``torch.distributed`` process group) each process
     gets its shard via a ``DistributedSampler``; call ``loader.sampler.set_epoch(e)`` each epoch
-    (``compress.train.fit`` does). Evaluation loaders stay whole (the default)."""
+    (``compress.train.fit`` does). Evaluation loaders stay whole (the default). A ``sampler`` (e.g.
+    :class:`compress.training.balance.BalancedSampler`, which shards itself) replaces both."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise RuntimeError("make_loader(distributed=True) needs an initialised torch.distributed process group")
     kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "drop_last": drop_last}
-    if distributed:
+    if sampler is not None:
+        kwargs["sampler"] = sampler
+    elif distributed:
         from torch.utils.data.distributed import DistributedSampler
 
         kwargs["sampler"] = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)

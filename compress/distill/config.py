@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from ..config import StageConfig, option
 from ..errors import UserError
 from ..training.api import TrainStageConfig, parse_json_object
-from ..training.config import TEACHER_CACHE
+from ..training.config import TEACHER_CACHE, balance_option
 
 KD_LOSSES = ("kd", "dkd", "dist")  # compress.distill.losses.KD_LOSSES, kept torch-free here
 KD_LOSS_CHOICES = ("auto", *KD_LOSSES)
@@ -55,6 +55,10 @@ class KDOptions(StageConfig):
                                       help="dkd: epochs over which its term ramps in linearly")
     dist_beta: float = option(2.0, check=_non_negative, group=_K, help="dist: weight of the inter-class relation")
     dist_gamma: float = option(2.0, check=_non_negative, group=_K, help="dist: weight of the intra-class relation")
+    # Not a distillation knob, but every stage that fine-tunes shares these options: distill and
+    # quantize (QAT, k-means fine-tuning) hand it to the loop's TrainConfig (the train stage has it
+    # from TrainConfig); prune's fine-tuning gets it once prune.api.loop_config passes it on.
+    balance: str = balance_option("fine-tuning")
 
     def loss_name(self, task: str = "multiclass", *, finetune: bool = True) -> str:
         """The loss ``kd_loss`` means (``auto`` resolved) for a ``task`` model that is fine-tuned
@@ -119,6 +123,7 @@ class DistillConfig(KDOptions, TrainStageConfig):
                              help="student layer of the hint: forward_features (the last feature map) or a "
                                   "module name")
     teacher_hint_layer: str = option("forward_features", group=_H, help="teacher layer of the hint")
+    balance: str = balance_option("training")  # KDOptions' field, shown with the loop's options
 
     def check(self) -> None:
         if not self.teacher:

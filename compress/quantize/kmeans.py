@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -406,7 +406,8 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
         shared_state = copy.deepcopy(model.state_dict())  # to return to if fine-tuning makes it worse
         how = "distilled from the unquantized model" if criterion is not None else "labels only"
         log(f"fine-tuning the shared centroids for {cfg.finetune} epoch(s), {how} ...")
-        tuned = finetune(model, bundle, loop_config(cfg, cfg.finetune, meta.training_augmentation()),
+        tuned = finetune(model, bundle, replace(loop_config(cfg, cfg.finetune, meta.training_augmentation()),
+                                                balance=cfg.balance),
                          criterion=criterion, after_step=HoldZeros(model, unshared), progress=progress,
                          label="centroid epoch")
         accuracy["finetune_best_val"] = {k: v for k, v in tuned.items() if isinstance(v, (int, float))}
@@ -430,7 +431,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
         "folded_bn": len(folded) + len(frozen), "frozen_bn": bool(frozen),
         "seed": cfg.seed, "layers_shared": len(rows), "unshared": unshared,
         "zeros": "pruned weights stay exactly zero and take one of the 2^bits codes",
-        "finetune_epochs": cfg.finetune, "distill": criterion is not None,
+        "finetune_epochs": cfg.finetune, "distill": criterion is not None, "balance": cfg.balance,
         "lr": cfg.lr, "batch_size": cfg.batch_size, "max_steps_per_epoch": cfg.max_steps_per_epoch,
         "train_limit": cfg.train_limit, "data": None if bundle is None else _data_facts(cfg, meta, bundle)}
     if criterion is not None:

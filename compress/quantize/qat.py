@@ -532,6 +532,7 @@ def quantization_aware_finetune(model_path: str | os.PathLike, cfg, *, types: st
     from ..formats import open_model_file
     from ..prune.api import loop_config
     from ..prune.recovery import steps_per_epoch
+    from ..training.balance import epoch_samples
     from ..training.criteria import build_criterion
     from ..training.loop import fit
 
@@ -550,8 +551,9 @@ def quantization_aware_finetune(model_path: str | os.PathLike, cfg, *, types: st
     points = len(activation_quants(qat))
     layers = sum(parametrize.is_parametrized(m, "weight") for m in qat.modules())
     calibrate(qat, calib)
-    train_cfg = loop_config(cfg, cfg.qat_epochs, meta.training_augmentation())
-    per_epoch = steps_per_epoch(len(bundle.train), train_cfg)
+    train_cfg = dataclasses.replace(loop_config(cfg, cfg.qat_epochs, meta.training_augmentation()),
+                                    balance=cfg.balance)
+    per_epoch = steps_per_epoch(epoch_samples(bundle.train, cfg.balance), train_cfg)
     total = per_epoch * cfg.qat_epochs
     freeze_at = total - per_epoch if cfg.qat_epochs > 1 else max(1, per_epoch // 2)
     criterion = None
@@ -575,7 +577,7 @@ def quantization_aware_finetune(model_path: str | os.PathLike, cfg, *, types: st
                  best_val={k: v for k, v in result.best_metrics.items() if isinstance(v, (int, float))},
                  freeze_step=freeze_at, seconds=time.time() - started,
                  data={"spec": cfg.data or meta.training_data().get("spec"), "train": len(bundle.train),
-                       "val": len(bundle.val), "train_limit": cfg.train_limit})
+                       "val": len(bundle.val), "train_limit": cfg.train_limit, "balance": cfg.balance})
     return run
 
 

@@ -64,7 +64,9 @@ class TrainStageConfig(TrainConfig):
                                                     "re-initialised for the data's classes")
     data: str = option("digits", group=_D, help="data spec: digits, digits-multilabel, imagefolder:PATH, "
                                                "csv:PATH, cifar10, cifar100, fashion-mnist, mnist, kmnist, "
-                                               "idx:PATH (a folder of the four MNIST-format files)")
+                                               "idx:PATH (a folder of the four MNIST-format files); any of them + "
+                                               ":imbalance=R keeps a fraction R of the train/val images of "
+                                               "the upper half of the classes (test untouched)")
     image_size: int = option(32, check=(lambda v: 8 <= v <= 1024, "must be between 8 and 1024"), group=_D,
                              help="square input side in pixels")
     data_seed: int = option(0, group=_D, help="seed of the train/val/test split")

@@ -13,6 +13,19 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOSSES = ("auto", "ce", "focal", "bce")
 # Teacher logits cached once per run (distillation): auto = when nothing augments the inputs.
 TEACHER_CACHE = ("auto", "on", "off")
+# Class imbalance (compress.training.balance): how the loop evens out rare and common classes.
+BALANCE_MODES = ("none", "oversample", "undersample", "class-weights")
+BALANCE_HELP = ("class imbalance of the training split: oversample = draw samples with replacement weighted "
+                "1/class count (same epoch length); undersample = each epoch draws as many samples of every "
+                "class as the rarest has (shorter epochs); class-weights = the label loss weighted by inverse "
+                "class frequency, N/(K*count) (mean weight 1 over the samples; multilabel: BCE pos_weight = negatives/positives per label); "
+                "multilabel data take only none or class-weights")
+
+
+def balance_option(group: str):
+    """The ``--balance`` field, shared by the training loop and every fine-tuning stage's config."""
+    return option("none", choices=BALANCE_MODES, parse=str.lower, group=group, help=BALANCE_HELP)
+
 
 _T = "training"
 _at_least_1 = (lambda v: v >= 1, "must be >= 1")
@@ -55,6 +68,7 @@ class TrainConfig(StageConfig):
     hflip: bool = option(False, group=_T, help="random horizontal flips (off by default: they change digits)")
     grad_clip: float = option(0.0, check=_at_least_0, group=_T, help="max global gradient norm, 0 = off")
     patience: int = option(0, check=_at_least_0, group=_T, help="early stopping patience in epochs, 0 = off")
+    balance: str = balance_option(_T)
     seed: int = option(0, group=_T, help="seed of weight initialisation, data order, augmentation and dropout")
     amp: str = option("auto", choices=AMP_MODES, group=_T,
                       help="mixed precision: auto = fp16 on CUDA, off on CPU")

@@ -49,12 +49,23 @@ class Criterion:
     def teardown(self) -> None:
         pass
 
+    def weight_classes(self, weights: torch.Tensor) -> None:
+        """Weight the label loss per class (``--balance class-weights``; see :mod:`.balance`)."""
+        raise UserError(f"--balance class-weights: the {self.name} criterion has no label loss to weight")
+
     def __call__(self, logits: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor,
                  aux: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+
+def _set_class_weight(loss: Any, weights: torch.Tensor) -> dict[str, Any]:
+    if not hasattr(loss, "class_weight"):
+        raise UserError(f"--balance class-weights: the loss {type(loss).__name__} takes no class weights")
+    loss.class_weight = weights
+    return {"class_weights": [round(float(w), 4) for w in weights]}
 
 
 class SupervisedCriterion(Criterion):
@@ -64,13 +75,17 @@ class SupervisedCriterion(Criterion):
 
     def __init__(self, loss: Loss):
         self.loss = loss
+        self.weights: dict[str, Any] = {}
+
+    def weight_classes(self, weights: torch.Tensor) -> None:
+        self.weights = _set_class_weight(self.loss, weights)
 
     def __call__(self, logits: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor,
                  aux: torch.Tensor | None = None) -> torch.Tensor:
         return self.loss(logits, target)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "loss": type(self.loss).__name__}
+        return {"name": self.name, "loss": type(self.loss).__name__, **self.weights}
 
 
 class _WithTeacherLogits(Dataset):
@@ -125,6 +140,11 @@ class DistillationCriterion(Criterion):
         self.cached: bool | None = None
         self.cache_note = ""
         self.cache_seconds = 0.0
+        self.weights: dict[str, Any] = {}
+
+    def weight_classes(self, weights: torch.Tensor) -> None:
+        """Weights the label term only; the soft term follows the teacher's distribution."""
+        self.weights = _set_class_weight(self.hard_loss, weights)
 
     def setup(self, device: torch.device, student: nn.Module | None = None,
               example: torch.Tensor | None = None) -> None:
@@ -187,7 +207,7 @@ class DistillationCriterion(Criterion):
     def describe(self) -> dict[str, Any]:
         out = {"name": self.name, "loss": self.spec.name if self.spec.name != "kd" else "hinton_kd",
                **{k: v for k, v in self.spec.describe().items() if k != "name"},
-               "teacher": getattr(self.teacher, "arch", type(self.teacher).__name__)}
+               "teacher": getattr(self.teacher, "arch", type(self.teacher).__name__), **self.weights}
         if self.hint is not None:
             out["hint"] = self.hint.describe()
         if self.cached is not None:

@@ -146,7 +146,7 @@ def _step(run: _Run, x: torch.Tensor, target: torch.Tensor, epoch: int, step: in
 def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     """Train over ``run.steps_per_epoch`` batches; returns the mean training loss (and top-1)."""
     multiclass = run.bundle.task == "multiclass"
-    if run.ctx.enabled:
+    if hasattr(run.loader.sampler, "set_epoch"):  # DistributedSampler, BalancedSampler
         run.loader.sampler.set_epoch(epoch)
     run.train_model.train()
     run.callback.on_epoch_start(epoch, run.cfg.epochs, run.steps_per_epoch)
@@ -215,8 +215,10 @@ def _prepare(model: nn.Module, bundle, cfg: TrainConfig, criterion: Criterion | 
     try:
         train_set = criterion.train_dataset(bundle.train, augments=augment.changes_inputs,
                                             batch_size=cfg.eval_batch_size, device=device, log=callback.on_message)
+        sampler = _balance(cfg, bundle, criterion, device, ctx, callback.on_message)
+        per_epoch = len(sampler) if sampler is not None else len(bundle.train) // ctx.world_size
         loader = make_loader(train_set, batch, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
-                             drop_last=len(bundle.train) // ctx.world_size > batch, distributed=ctx.enabled)
+                             drop_last=per_epoch > batch, distributed=ctx.enabled, sampler=sampler)
         optimizer = build_optimizer(model, cfg, extra=criterion.parameters())
         steps = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
         schedule = Schedule(cfg.schedule, total_steps=cfg.epochs * steps,
@@ -232,6 +234,28 @@ def _prepare(model: nn.Module, bundle, cfg: TrainConfig, criterion: Criterion | 
                 steps_per_epoch=steps, optimizer=optimizer, scheduler=schedule.scheduler(optimizer),
                 augment=augment, autocast=autocast, scaler=scaler, callback=callback, ctx=ctx,
                 after_step=after_step, memory_format=memory_format)
+
+
+def _balance(cfg: TrainConfig, bundle, criterion: Criterion, device: torch.device, ctx: D.DistributedContext,
+             log: Callable[[str], None]):
+    """Apply ``cfg.balance``: the training sampler it needs (None: the plain shuffle), or class
+    weights handed to the criterion (see :mod:`.balance`)."""
+    if cfg.balance == "none":
+        return None
+    from ..data.imbalance import class_counts, class_targets
+    from .balance import BalancedSampler, check_balance, class_weight_tensor
+
+    check_balance(cfg.balance, bundle.task)
+    targets = class_targets(bundle.train)
+    counts = class_counts(targets, bundle.num_classes).tolist()
+    if cfg.balance == "class-weights":
+        weights = class_weight_tensor(targets, bundle.num_classes, bundle.task)
+        criterion.weight_classes(weights.to(device))
+        log(f"balance: class-weights {[round(float(w), 3) for w in weights]} (training counts {counts})")
+        return None
+    sampler = BalancedSampler(targets, cfg.balance, seed=cfg.seed, rank=ctx.rank, world=ctx.world_size)
+    log(f"balance: {cfg.balance}, {sampler.total} draws per epoch (training counts {counts})")
+    return sampler
 
 
 def _channels_last(cfg: TrainConfig, device: torch.device) -> bool:

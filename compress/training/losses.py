@@ -34,18 +34,26 @@ def soft_targets(target: torch.Tensor, num_classes: int, smoothing: float = 0.0)
     return target
 
 
+def _weighted(target: torch.Tensor, class_weight: torch.Tensor | None) -> torch.Tensor:
+    """A (N, K) target with each class's mass scaled by its weight: the loss of a sample of class
+    ``c`` becomes ``w_c`` times its plain value, and the batch loss stays the plain mean (not
+    PyTorch's ``weight=`` mean, which divides by the batch's total weight)."""
+    return target if class_weight is None else target * class_weight.to(target.device, target.dtype)
+
+
 class SoftCrossEntropy(nn.Module):
     """Cross-entropy that accepts class indices or soft targets; ``smoothing`` is label smoothing."""
 
     def __init__(self, smoothing: float = 0.0):
         super().__init__()
         self.smoothing = smoothing
+        self.class_weight: torch.Tensor | None = None  # (K,): --balance class-weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        if target.ndim == 1 and self.smoothing == 0:
+        if target.ndim == 1 and self.smoothing == 0 and self.class_weight is None:
             return F.cross_entropy(logits, target)
-        t = soft_targets(target, logits.shape[1], self.smoothing)
+        t = _weighted(soft_targets(target, logits.shape[1], self.smoothing), self.class_weight)
         return -(t * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
@@ -56,10 +64,11 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.gamma = gamma
         self.smoothing = smoothing
+        self.class_weight: torch.Tensor | None = None  # (K,): --balance class-weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        t = soft_targets(target, logits.shape[1], self.smoothing)
+        t = _weighted(soft_targets(target, logits.shape[1], self.smoothing), self.class_weight)
         logp = F.log_softmax(logits, dim=1)
         return -(t * (1 - logp.exp()).pow(self.gamma) * logp).sum(dim=1).mean()
 
@@ -70,18 +79,29 @@ class BinaryFocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0):
         super().__init__()
         self.gamma = gamma
+        self.class_weight: torch.Tensor | None = None  # (K,) BCE pos_weight: --balance class-weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        bce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+        bce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none",
+                                                 pos_weight=_on(self.class_weight, logits))
         p = torch.sigmoid(logits)
         p_t = p * target + (1 - p) * (1 - target)
         return ((1 - p_t).pow(self.gamma) * bce).mean()
 
 
 class BCEWithLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.class_weight: torch.Tensor | None = None  # (K,) pos_weight: --balance class-weights
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float(),
+                                                  pos_weight=_on(self.class_weight, logits))
+
+
+def _on(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if weight is None else weight.to(like.device, torch.float32)
 
 
 def build_loss(name: str, task: str, *, label_smoothing: float = 0.0, focal_gamma: float = 2.0) -> nn.Module:

@@ -33,10 +33,13 @@ PRESETS: dict[str, dict[str, Any]] = {"fashion-mnist": _FASHION, "mnist": _CHARA
 
 
 def preset_for(data: str, choice: str = "auto") -> dict[str, Any]:
-    """The preset's option values for the data spec ``data`` under ``choice`` (``{}``: none)."""
+    """The preset's option values for the data spec ``data`` (its options, such as
+    ``:imbalance=R``, aside) under ``choice`` (``{}``: none)."""
     if choice == "none" or not isinstance(data, str):
         return {}
-    return dict(PRESETS.get(data.strip().lower(), {}))
+    from ..data.spec import split_spec_options
+
+    return dict(PRESETS.get(split_spec_options(data.strip())[0].lower(), {}))
 
 
 def describe(values: Mapping[str, Any]) -> str:
