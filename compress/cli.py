@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("compress.commands.export", "export a model artifact to ONNX (verified against PyTorch)"),
     "bench": ("compress.commands.bench", "compare latency, size and accuracy of model variants"),
     "pipeline": ("compress.commands.pipeline", "run a YAML recipe of stages, skipping what did not change"),
+    "optimize": ("compress.commands.optimize", "search pruning, INT8 and weight coding for the fastest or smallest "
+                                               "model within an accuracy budget"),
     "serve": ("compress.commands.serve", "serve ONNX models over HTTP (FastAPI + ONNX Runtime)"),
     "loadtest": ("compress.commands.loadtest", "load-test a running service: req/s and latency percentiles"),
 }
