@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                "model within an accuracy budget"),
     "serve": ("compress.commands.serve", "serve ONNX models over HTTP (FastAPI + ONNX Runtime)"),
     "loadtest": ("compress.commands.loadtest", "load-test a running service: req/s and latency percentiles"),
+    "embed": ("compress.commands.embed", "penultimate-layer embeddings, their t-SNE map, what compression did to them"),
+    "fewshot": ("compress.commands.fewshot", "N-way K-shot accuracy of new classes by nearest prototype, no retraining"),
 }
 
 
