@@ -115,7 +115,7 @@ def loop_config(cfg: PruneConfig, epochs: int, augmentation: dict[str, Any] | No
     from ..training.config import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_epochs=0.0, seed=cfg.seed,
-                       max_steps_per_epoch=cfg.max_steps_per_epoch, **(augmentation or {}))
+                       max_steps_per_epoch=cfg.max_steps_per_epoch, balance=cfg.balance, **(augmentation or {}))
 
 
 @dataclass
@@ -309,7 +309,7 @@ def _data_facts(job: _Job) -> dict[str, Any]:
 def _history_params(job: _Job, mode: str) -> dict[str, Any]:
     cfg, bundle = job.cfg, job.bundle
     params: dict[str, Any] = {"mode": mode, "method": cfg.method, "global": cfg.global_pruning,
-                              "finetune_epochs": cfg.finetune, "distill": cfg.distilling(),
+                              "finetune_epochs": cfg.finetune, "distill": cfg.distilling(), "balance": cfg.balance,
                               "data": None if bundle is None else _data_facts(job)}
     if job.criterion is not None:
         params["kd"] = cfg.kd_params(job.meta.task)
