@@ -164,6 +164,21 @@ def test_the_loop_sees_each_mode(rare):
     assert (_counts(under.seen) == counts.min()).all(), _counts(under.seen)
 
 
+def test_precise_bn_averages_over_what_training_draws(rare, monkeypatch):
+    from compress.training import loop
+
+    given = []
+    monkeypatch.setattr(loop, "recalibrate_batchnorm", lambda model, data, *a, **k: given.append(data))
+    for mode in ("none", "class-weights", "oversample", "undersample"):
+        _fit_seeing(rare, mode, batch_size=24)
+        data = given.pop()
+        if mode in ("none", "class-weights"):
+            assert data is rare.train
+        else:  # a balanced draw of the training split
+            drawn = _counts([rare.train[i][1] for i in data.indices])
+            assert drawn.min() > 0.6 * drawn.mean(), (mode, drawn)
+
+
 def test_class_weights_reach_the_loss_and_the_report(rare):
     crit, res = _fit_seeing(rare, "class-weights")
     counts = _counts(rare.train.targets).astype(float)
@@ -271,6 +286,36 @@ def test_qat_fine_tuning_runs_the_loop_with_the_balance(monkeypatch, tmp_path):
     assert seen["balance"] == "undersample"
     epoch = 10 * _counts(load_data(f"digits:imbalance={RATIO}", image_size=8).train.targets).min()
     assert any(f"1 epoch(s) x {epoch // 16} step(s)" in line for line in logs), logs
+
+
+@pytest.mark.parametrize("stage", ["kmeans", "prune"])
+def test_kmeans_and_prune_fine_tuning_run_the_loop_with_the_balance(monkeypatch, tmp_path, stage):
+    from compress.prune import recovery
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_finetune(model, bundle, cfg, **kw):
+        seen["balance"] = cfg.balance
+        raise Stop
+
+    monkeypatch.setattr(recovery, "finetune", fake_finetune)
+    with pytest.raises(Stop):
+        if stage == "kmeans":
+            from compress.quantize.config import QuantizeConfig
+            from compress.quantize.kmeans import kmeans_artifact
+
+            cfg = QuantizeConfig(kmeans_bits=4, finetune=1, balance="class-weights", distill=False)
+            kmeans_artifact(_tiny_artifact(tmp_path), tmp_path / "k.safetensors", cfg, progress=False)
+        else:
+            from compress.prune.api import prune_artifact
+            from compress.prune.config import PruneConfig
+
+            cfg = PruneConfig(ratio=0.5, finetune=1, balance="class-weights", distill=False, bench=False)
+            prune_artifact(_tiny_artifact(tmp_path), tmp_path / "p.safetensors", cfg, progress=False)
+    assert seen["balance"] == "class-weights"
 
 
 def _tiny_artifact(tmp_path):

@@ -55,9 +55,9 @@ class KDOptions(StageConfig):
                                       help="dkd: epochs over which its term ramps in linearly")
     dist_beta: float = option(2.0, check=_non_negative, group=_K, help="dist: weight of the inter-class relation")
     dist_gamma: float = option(2.0, check=_non_negative, group=_K, help="dist: weight of the intra-class relation")
-    # Not a distillation knob, but every stage that fine-tunes shares these options: distill and
-    # quantize (QAT, k-means fine-tuning) hand it to the loop's TrainConfig (the train stage has it
-    # from TrainConfig); prune's fine-tuning gets it once prune.api.loop_config passes it on.
+    # Not a distillation knob, but every stage that fine-tunes (prune, quantize's QAT and k-means
+    # fine-tuning, distill) shares these options and hands it to the loop's TrainConfig (the
+    # train stage has it from TrainConfig itself).
     balance: str = balance_option("fine-tuning")
 
     def loss_name(self, task: str = "multiclass", *, finetune: bool = True) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
 from ..errors import UserError
 from . import distributed as D
@@ -107,6 +108,7 @@ class _Run:
     callback: TrainCallback
     ctx: D.DistributedContext
     after_step: Callable[[nn.Module], None] | None = None
+    bn_data: Any = None  # the images precise BN averages over (None: the training split)
     memory_format: torch.memory_format = torch.contiguous_format
     global_step: int = 0
 
@@ -174,11 +176,14 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
     return out
 
 
-def validate(model: nn.Module, bundle, cfg: TrainConfig, device: torch.device, distributed: bool = False) -> dict:
-    """Precise-BN re-estimation, then the plain-number metrics of ``model`` on ``bundle.val``."""
+def validate(model: nn.Module, bundle, cfg: TrainConfig, device: torch.device, distributed: bool = False,
+             bn_data=None) -> dict:
+    """Precise-BN re-estimation (on ``bn_data``, default ``bundle.train``), then the plain-number
+    metrics of ``model`` on ``bundle.val``."""
     from ..evaluate import evaluate, scalar_metrics
 
-    recalibrate_batchnorm(model, bundle.train, cfg.bn_recalibrate, cfg.eval_batch_size, device, cfg.seed)
+    recalibrate_batchnorm(model, bundle.train if bn_data is None else bn_data, cfg.bn_recalibrate,
+                          cfg.eval_batch_size, device, cfg.seed)
     if distributed:
         D.broadcast_buffers(model)
     return scalar_metrics(evaluate(model, bundle.val, bundle.task, cfg.eval_batch_size, labels=bundle.labels,
@@ -229,8 +234,12 @@ def _prepare(model: nn.Module, bundle, cfg: TrainConfig, criterion: Criterion | 
     except BaseException:
         criterion.teardown()
         raise
+    # Precise BN averages over the distribution the network trains on: under oversample or
+    # undersample a balanced draw, not the imbalanced split (whose statistics wrecked an
+    # oversampled Fashion-MNIST model: README, Class imbalance).
+    bn_data = None if sampler is None else Subset(bundle.train, sampler.epoch_indices(0).tolist())
     return _Run(model=model, train_model=D.wrap_model(model, ctx, device), bundle=bundle, cfg=cfg,
-                criterion=criterion, device=device, loader=loader,
+                criterion=criterion, device=device, loader=loader, bn_data=bn_data,
                 steps_per_epoch=steps, optimizer=optimizer, scheduler=schedule.scheduler(optimizer),
                 augment=augment, autocast=autocast, scaler=scaler, callback=callback, ctx=ctx,
                 after_step=after_step, memory_format=memory_format)
@@ -289,7 +298,7 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
         for epoch in range(1, cfg.epochs + 1):
             epoch_start = time.time()
             row = {"epoch": epoch, **train_one_epoch(run, epoch)}
-            val = validate(model, bundle, cfg, run.device, run.ctx.enabled)
+            val = validate(model, bundle, cfg, run.device, run.ctx.enabled, run.bn_data)
             gained, improved = best.judge(val)
             if run.ctx.enabled:
                 gained, improved = D.rank0_decision(gained, run.device), D.rank0_decision(improved, run.device)
