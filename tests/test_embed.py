@@ -303,7 +303,11 @@ def test_fewshot_command_same_episodes_for_every_model(art, onnx_pair, tmp_path,
     for row in rows:
         mean, half = np.mean(row["accuracies"]), 1.959963984540054 * np.std(row["accuracies"], ddof=1) / math.sqrt(12)
         assert row["mean"] == pytest.approx(mean) and row["ci95"] == pytest.approx(half)
-    assert "5-way 5-shot" in printed and "95% interval" in printed
+    assert "5-way 5-shot" in printed and "95% interval" in printed and "vs first (paired)" in printed
+    diff = np.subtract(rows[2]["accuracies"], rows[0]["accuracies"])
+    assert rows[0]["delta"] is None
+    assert rows[2]["delta"] == pytest.approx(diff.mean())
+    assert rows[2]["delta_ci95"] == pytest.approx(1.959963984540054 * diff.std(ddof=1) / math.sqrt(12))
     code, _, _ = run_cli(["fewshot", str(d / "base.safetensors"), "--data", "digits", "--classes", "5-9",
                           "--queries", "10", "--episodes", "12", "--seed", "3", "--json", str(tmp_path / "b.json")],
                          capsys)

@@ -7,6 +7,11 @@ images (the test split of --data, or of the data set the model was trained on wh
 names one, else random inputs); the export fails above --tol (max abs logit difference).
 A JSON report is written next to the output (OUTPUT.json).
 
+Graph outputs: 'logits' (N, classes) and, unless --no-embedding, 'embedding' (N, D) float32, the
+pooled features before the final Linear (not normalised; metadata embedding_output and
+embedding_dim), for embeddings and few-shot classes without torch (compress embed / fewshot, the
+service's /v1/classes). It costs no measurable time (see compress/export.py).
+
     compress export base.safetensors -o base.onnx
     compress export pruned.safetensors -o pruned.onnx --opset 17 --data digits
 """

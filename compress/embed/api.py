@@ -246,6 +246,9 @@ class FewShotRow:
     ci95: float  # half-width of the 95% interval of the mean
     std: float
     accuracies: list[float]
+    # paired with the first model on the same episodes: mean of (this - first) and its 95% half-width
+    delta: float | None = None
+    delta_ci95: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -333,8 +336,11 @@ def fewshot_artifacts(model_paths: Sequence[str | os.PathLike], config: FewShotC
             raise UserError(f"{m.path} and {first.path} see different samples of {spec!r}")
         accs = episode_accuracies(feats, episodes)
         mean, half = mean_interval(accs)
-        rows.append(FewShotRow(m.name, m.engine, int(feats.shape[1]), mean, half,
-                               float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, accs.tolist()))
+        row = FewShotRow(m.name, m.engine, int(feats.shape[1]), mean, half,
+                         float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, accs.tolist())
+        if rows:  # the same episodes: the paired difference is much tighter than the two intervals
+            row.delta, row.delta_ci95 = mean_interval(accs - np.asarray(rows[0].accuracies))
+        rows.append(row)
     result = FewShotResult(paths, spec, cfg.split, seed, [names[c] for c in classes], classes, ways, cfg.shots,
                            cfg.queries, cfg.episodes, cfg.seed, len(labels), rows, json_path,
                            time.perf_counter() - start, cfg.to_dict())

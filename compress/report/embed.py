@@ -23,10 +23,13 @@ def format_embed(result: "EmbedResult") -> str:
 
 
 def format_fewshot(result: "FewShotResult") -> str:
-    """One row per model: mean accuracy over the episodes ± the half-width of its 95% interval."""
+    """One row per model: mean accuracy over the episodes ± the half-width of its 95% interval;
+    with several models, each one's paired difference from the first on the same episodes."""
     rows = [{"model": r.model, "engine": r.engine, "dim": r.dim, "accuracy": f"{100 * r.mean:.2f}%",
              "95% interval": f"± {100 * r.ci95:.2f}", "std": f"{100 * r.std:.2f}",
-             "min": f"{100 * min(r.accuracies):.1f}%", "max": f"{100 * max(r.accuracies):.1f}%"} for r in result.rows]
+             "min": f"{100 * min(r.accuracies):.1f}%", "max": f"{100 * max(r.accuracies):.1f}%",
+             **({"vs first (paired)": "-" if r.delta is None else f"{100 * r.delta:+.2f} ± {100 * r.delta_ci95:.2f}"}
+                if len(result.rows) > 1 else {})} for r in result.rows]
     head = (f"{result.ways}-way {result.shots}-shot, {result.queries} queries per class, {result.episodes} episodes "
             f"(seed {result.seed}) on {result.data} [{result.split}]: classes {', '.join(result.classes)} "
             f"({result.pool} samples)")
