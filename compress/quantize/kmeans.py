@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -406,8 +406,7 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
         shared_state = copy.deepcopy(model.state_dict())  # to return to if fine-tuning makes it worse
         how = "distilled from the unquantized model" if criterion is not None else "labels only"
         log(f"fine-tuning the shared centroids for {cfg.finetune} epoch(s), {how} ...")
-        tuned = finetune(model, bundle, replace(loop_config(cfg, cfg.finetune, meta.training_augmentation()),
-                                                balance=cfg.balance),
+        tuned = finetune(model, bundle, loop_config(cfg, cfg.finetune, meta.training_augmentation()),
                          criterion=criterion, after_step=HoldZeros(model, unshared), progress=progress,
                          label="centroid epoch")
         accuracy["finetune_best_val"] = {k: v for k, v in tuned.items() if isinstance(v, (int, float))}

@@ -551,8 +551,7 @@ def quantization_aware_finetune(model_path: str | os.PathLike, cfg, *, types: st
     points = len(activation_quants(qat))
     layers = sum(parametrize.is_parametrized(m, "weight") for m in qat.modules())
     calibrate(qat, calib)
-    train_cfg = dataclasses.replace(loop_config(cfg, cfg.qat_epochs, meta.training_augmentation()),
-                                    balance=cfg.balance)
+    train_cfg = loop_config(cfg, cfg.qat_epochs, meta.training_augmentation())
     per_epoch = steps_per_epoch(epoch_samples(bundle.train, cfg.balance), train_cfg)
     total = per_epoch * cfg.qat_epochs
     freeze_at = total - per_epoch if cfg.qat_epochs > 1 else max(1, per_epoch // 2)
