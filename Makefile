@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # 56 ms with ACTIVE vs PASSIVE), while training runs 1.36x faster with OpenMP's own default than
 # with PASSIVE (404 vs 298 img/s, scripts/train_speed.py --modes stem --size 28 --batch 64).
 
-.PHONY: setup test test-all demo bench bench-serve bench-distill bench-quantize bench-huffman serve docker clean mutation data
+.PHONY: setup test test-all demo bench bench-serve bench-distill bench-quantize bench-huffman bench-optimize serve docker clean mutation data
 
 $(BIN)/compress: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -83,6 +83,12 @@ bench-quantize: setup
 # for ResNet-18 and MobileNetV2, the decoded models evaluated on the 10,000 test images.
 bench-huffman: setup
 	BIN=$(BIN) bash scripts/bench_huffman.sh runs/bench_huffman
+
+# compress optimize on Fashion-MNIST (`make data` first; ~30 min): the latency search (depth x width
+# pruning, INT8, threads; 224x224) and the size search (sparsity x k-means bits, Huffman), then the
+# chosen latency variant against OpenVINO in one bench run.
+bench-optimize: setup
+	BIN=$(BIN) bash scripts/bench_optimize.sh runs/optimize-fashion
 
 bench-distill: setup
 	COMPRESS=$(BIN)/compress PYTHON=$(BIN)/python bash scripts/bench_distill.sh runs/bench_distill

@@ -62,6 +62,8 @@ def test_latency_search_chooses_a_frontier_point_within_budget(trained, tmp_path
     for v in variants:  # no test-set numbers anywhere off the frontier: the choice never saw them
         if v["id"] not in {p["id"] for p in front} and (chosen is None or v["id"] != chosen["id"]):
             assert "test_accuracy" not in v
+    pruned_report = json.loads((out / "candidates" / "d0-r0.5" / "model.safetensors.json").read_text())
+    assert "top1" not in pruned_report["before"] and "top1" not in pruned_report["after"]  # prune --no-test
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "input (ORT fp32)" in printed and "frontier" in printed

@@ -69,11 +69,9 @@ class OptimizeResult:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..pipeline.runner import file_sha256
+
+    return file_sha256(path)
 
 
 def candidate_id(objective: str, a: float, b: float) -> str:
@@ -206,7 +204,7 @@ def _build_latency(src: Path, folder: Path, cand: tuple, cfg: OptimizeConfig, da
         pcfg = PruneConfig(blocks=blocks, ratio=ratio or None, finetune=cfg.finetune, lr=cfg.lr,
                            batch_size=cfg.batch_size, max_steps_per_epoch=cfg.max_steps_per_epoch,
                            train_limit=cfg.train_limit, analyze_samples=cfg.rank_samples, seed=cfg.seed, bench=False,
-                           **data.options)
+                           test=False, **data.options)
         model = folder / "model.safetensors"
         res = prune_artifact(src, model, pcfg, log=lambda m: log("    " + m), progress=progress)
         outputs["model"] = model.name
@@ -270,7 +268,7 @@ def _build_size(src: Path, folder: Path, cand: tuple, cfg: OptimizeConfig, data:
     if sparsity:
         sparse = folder / "sparse.safetensors"
         prune_artifact(src, sparse, PruneConfig(sparsity=sparsity, global_pruning=True, finetune=cfg.finetune,
-                                                lr=cfg.lr, batch_size=cfg.batch_size, bench=False,
+                                                lr=cfg.lr, batch_size=cfg.batch_size, bench=False, test=False,
                                                 max_steps_per_epoch=cfg.max_steps_per_epoch,
                                                 train_limit=cfg.train_limit, seed=cfg.seed, **data_opts),
                        log=lambda m: log("    " + m), progress=progress)

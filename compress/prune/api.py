@@ -337,7 +337,7 @@ def prune_artifact(model_path: str | os.PathLike, output: str | os.PathLike, con
     out, report_path = check_outputs([out, sidecar(out)], [model_path, cfg.ratio_file])
     job = _prepare(model_path, cfg, log, progress)
     with tempfile.TemporaryDirectory(prefix="compress-prune-") as workdir:
-        measure = ModelMeasure(job.meta, job.bundle, cfg.bench_size(job.meta.input_size[-1]), Path(workdir),
+        measure = ModelMeasure(job.meta, job.bundle if cfg.test else None, cfg.bench_size(job.meta.input_size[-1]), Path(workdir),
                                imagenet_stem=cfg.bench_imagenet_stem, runs=cfg.bench_runs)
         log("measuring the input model ...")
         before = measure(job.model, model_path.stat().st_size)

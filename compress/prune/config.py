@@ -78,6 +78,8 @@ class PruneConfig(KDOptions):
     train_limit: int | None = option(None, check=_at_least_1, group=_F,
                                      help="use this many training samples (quick runs)")
     seed: int = option(0, group=_F, help="seed of fine-tuning and of the example input")
+    test: bool = option(True, group=_B, help="measure test-split accuracy before and after for the report (--no-test: "
+                                             "skip it, e.g. inside a search that must choose without the test split)")
     bench: bool = option(True, group=_B, help="time both models in ONNX Runtime (interleaved) for the report")
     bench_input_size: int | None = option(None, check=(lambda v: 8 <= v <= 1024, "must be between 8 and 1024"),
                                           group=_B, help="latency input side (default: the model's input size)")
