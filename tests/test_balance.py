@@ -201,10 +201,16 @@ def test_weighted_cross_entropy_equals_the_hand_computation():
     logp = F.log_softmax(logits, 1)
     hand = float(sum(-w[c] * logp[i, c] for i, c in enumerate(y.tolist())) / len(y))
     assert weighted == pytest.approx(hand, rel=1e-6) and abs(weighted - plain) > 1e-3
+    # with label smoothing the weight follows the label, not the smoothed mass of each class
     smooth = build_loss("ce", "multiclass", label_smoothing=0.3)
     smooth.class_weight = w
     t = F.one_hot(y, 3).float() * 0.7 + 0.1
-    assert float(smooth(logits, y)) == pytest.approx(float(-(t * w * logp).sum(1).mean()), rel=1e-6)
+    assert float(smooth(logits, y)) == pytest.approx(float((w[y] * -(t * logp).sum(1)).mean()), rel=1e-6)
+    # a mixup target weighs its sample by the mix of its labels' weights
+    mixed = 0.25 * F.one_hot(y, 3).float() + 0.75 * F.one_hot(y.flip(0), 3).float()
+    smooth_mixed = mixed * 0.7 + 0.1
+    assert float(smooth(logits, mixed)) == pytest.approx(
+        float(((0.25 * w[y] + 0.75 * w[y.flip(0)]) * -(smooth_mixed * logp).sum(1)).mean()), rel=1e-6)
     focal = build_loss("focal", "multiclass")
     focal.class_weight = w
     p = logp.exp()

@@ -7,7 +7,8 @@
                  (a fresh draw per epoch), shuffled together: ``K * min(count)`` samples.
 ``class-weights`` the label loss weights class ``c`` by ``w_c = N / (K * count_c)`` (inverse
                  frequency with mean 1 over the ``N`` training samples, :func:`class_weights`); the
-                 batch loss is the plain mean of the weighted per-sample losses. Multilabel: BCE ``pos_weight = negatives /
+                 batch loss is the plain mean of the per-sample losses, each weighted by its label's
+                 class (label smoothing keeps that weight). Multilabel: BCE ``pos_weight = negatives /
                  positives`` per label (:func:`positive_weights`).
 
 Sampling needs one class per sample, so multilabel data take only ``none`` and ``class-weights``.

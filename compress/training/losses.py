@@ -34,11 +34,16 @@ def soft_targets(target: torch.Tensor, num_classes: int, smoothing: float = 0.0)
     return target
 
 
-def _weighted(target: torch.Tensor, class_weight: torch.Tensor | None) -> torch.Tensor:
-    """A (N, K) target with each class's mass scaled by its weight: the loss of a sample of class
-    ``c`` becomes ``w_c`` times its plain value, and the batch loss stays the plain mean (not
-    PyTorch's ``weight=`` mean, which divides by the batch's total weight)."""
-    return target if class_weight is None else target * class_weight.to(target.device, target.dtype)
+def _mean(per_sample: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None) -> torch.Tensor:
+    """The batch mean of ``per_sample`` losses, each weighted by its label's class weight (for a
+    mixup/cutmix target, the mix of its labels' weights). The weight follows the label, not
+    the smoothed target's mass: weighting that mass per class would put a common-class sample's
+    smoothing on the rare classes above its own label. A plain mean (not PyTorch's ``weight=``
+    mean, which divides by the batch's total weight), so weights of mean 1 keep the loss scale."""
+    if class_weight is None:
+        return per_sample.mean()
+    w = class_weight.to(per_sample.device, per_sample.dtype)
+    return (per_sample * (soft_targets(target, w.numel()).to(per_sample.dtype) @ w)).mean()
 
 
 class SoftCrossEntropy(nn.Module):
@@ -53,8 +58,8 @@ class SoftCrossEntropy(nn.Module):
         logits = logits.float()
         if target.ndim == 1 and self.smoothing == 0 and self.class_weight is None:
             return F.cross_entropy(logits, target)
-        t = _weighted(soft_targets(target, logits.shape[1], self.smoothing), self.class_weight)
-        return -(t * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        t = soft_targets(target, logits.shape[1], self.smoothing)
+        return _mean(-(t * F.log_softmax(logits, dim=1)).sum(dim=1), target, self.class_weight)
 
 
 class FocalLoss(nn.Module):
@@ -68,9 +73,9 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        t = _weighted(soft_targets(target, logits.shape[1], self.smoothing), self.class_weight)
+        t = soft_targets(target, logits.shape[1], self.smoothing)
         logp = F.log_softmax(logits, dim=1)
-        return -(t * (1 - logp.exp()).pow(self.gamma) * logp).sum(dim=1).mean()
+        return _mean(-(t * (1 - logp.exp()).pow(self.gamma) * logp).sum(dim=1), target, self.class_weight)
 
 
 class BinaryFocalLoss(nn.Module):
