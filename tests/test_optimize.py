@@ -128,3 +128,16 @@ def test_bad_options_and_output_exit_2(trained, tmp_path, capsys):
     afile.write_text("keep")
     assert main(["optimize", str(trained), "-o", str(afile)]) == 2
     assert "is a file" in capsys.readouterr().err and afile.read_text() == "keep"
+
+
+def test_a_second_search_in_the_same_folder_is_refused(trained, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "opt"
+    out.mkdir()
+    with open(out / ".optimize.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["optimize", str(trained), "--blocks", "0", "--ratios", "0", *QUICK, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another `compress optimize` is running" in err and len(err.splitlines()) == 1
+    assert not (out / "candidates").exists()

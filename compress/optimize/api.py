@@ -293,7 +293,8 @@ def optimize(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     """Search ``config``'s grid for ``model_path`` (a .safetensors artifact), write every candidate
     under ``out_dir``/candidates, the chosen variant, its recipe and the report in ``out_dir``."""
     from ..artifact import read_meta
-    from ..io import existing_file, write_json
+    from ..io import existing_file
+    from ..pipeline.runner import locked
 
     cfg = config.validate()
     log = log or (lambda _m: None)
@@ -309,7 +310,15 @@ def optimize(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     meta, _ = read_meta(src)
     size = int(cfg.input_size or meta.input_size[-1])
     data = _Data(meta, cfg, str(src))
-    out.mkdir(parents=True, exist_ok=True)
+    with locked(out, "optimize"):
+        return _search(src, out, cfg, data, size, started, log, progress)
+
+
+def _search(src: Path, out: Path, cfg: OptimizeConfig, data: _Data, size: int, started: float, log: Log,
+            progress: bool) -> OptimizeResult:
+    """The search proper (under the output folder's lock): candidates, variants, frontier, choice."""
+    from ..io import write_json
+
     input_sha = _sha256(src)
     log(f"{cfg.objective} search over {len(cfg.candidates())} candidates; accuracy on {len(data.bundle.val)} "
         f"validation images, budget {cfg.max_drop:g} points")

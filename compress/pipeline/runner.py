@@ -155,15 +155,17 @@ def stage_command(stage: Stage, inputs: dict[str, Any], output: Path) -> str:
 # ----------------------------------------------------------------------------- state
 
 @contextlib.contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
+def locked(out_dir: Path, command: str = "pipeline") -> Iterator[None]:
+    """Hold ``OUT/.COMMAND.lock`` while ``compress COMMAND`` writes into ``out_dir``; a second run
+    in the same folder is a one-line :class:`UserError`."""
     import fcntl
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".pipeline.lock", "w") as lock:
+    with open(out_dir / f".{command}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another `compress pipeline` is running in {out_dir}; wait for it or use another "
+            raise UserError(f"another `compress {command}` is running in {out_dir}; wait for it or use another "
                             f"-o folder") from None
         yield
 
@@ -221,7 +223,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path | None = None, *, force: bo
     unknown = forced - set(outputs)
     if unknown:
         raise UserError(f"--force {', '.join(sorted(unknown))}: no such stage; stages: {', '.join(outputs)}")
-    with (contextlib.nullcontext() if dry_run else _locked(out)):
+    with (contextlib.nullcontext() if dry_run else locked(out)):
         previous = read_state(out)
         old_records = {r.get("name"): r for r in previous.get("stages", []) if isinstance(r, dict)}
         started = time.perf_counter()
