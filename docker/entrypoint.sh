@@ -7,6 +7,9 @@ if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
 fi
 set -- --host "$HOST" --port "$PORT" --workers "$WORKERS" --threads "$THREADS" \
        --max-batch "$MAX_BATCH" --max-wait-ms "$MAX_WAIT_MS" "$@"
+if [ -n "${CLASSES_DIR:-}" ]; then  # few-shot classes (POST /v1/classes): /models is usually read-only
+  set -- --classes-dir "$CLASSES_DIR" "$@"
+fi
 found=0
 if [ -n "${MODELS:-}" ]; then
   for spec in $MODELS; do

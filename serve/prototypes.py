@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,10 @@ class PrototypeStore:
         self.embedding_dim = int(embedding_dim)
         self.hint = configurable_hint
         self.lock = asyncio.Lock()     # one change at a time in this process
+        # (classes, stamp) are set together under this (briefly held) lock: a re-read on the event
+        # loop and the change being committed by its worker thread must not interleave, or a file
+        # read before the change could overwrite the change in memory
+        self._state_lock = threading.Lock()
         self.classes = ClassSet(prototypes=np.zeros((0, self.embedding_dim), np.float32))
         self._empty = self.classes
         self._stamp: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the file last read/written
@@ -141,19 +146,28 @@ class PrototypeStore:
         """Read the file (if any) into :attr:`classes`. A file that cannot be used — unreadable,
         not ours, or another model's — is logged and ignored: the store starts empty and the next
         enrolment replaces it."""
-        self._stamp = _stamp(self.path)
-        if self._stamp is None:
-            self.classes = self._empty
-            return
-        try:
-            self.classes = self._parse(self.path.read_bytes())
-        except (OSError, ValueError) as e:
-            log.error("few-shot classes of model %s: %s: %s; ignored (the next enrolment replaces the file)",
-                      self.model, self.path, e)
-            self.classes = self._empty
-            return
+        with self._state_lock:
+            self._stamp = _stamp(self.path)
+            if self._stamp is None:
+                self.classes = self._empty
+                return
+            try:
+                self.classes = self._parse(self.path.read_bytes())
+            except (OSError, ValueError) as e:
+                log.error("few-shot classes of model %s: %s: %s; ignored (the next enrolment replaces the file)",
+                          self.model, self.path, e)
+                self.classes = self._empty
+                return
         if self.classes:
             log.info("few-shot classes of model %s: %d loaded from %s", self.model, len(self.classes), self.path)
+
+    def check_writable(self) -> None:
+        """Log a warning at start-up when enrolments could not be saved (a read-only mount)."""
+        folder = self.path.parent
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            log.warning("few-shot classes of model %s cannot be saved in %s (not writable): enrolments will "
+                        "answer 503; start the server with %s DIR naming a writable directory",
+                        self.model, folder, self.hint)
 
     def refresh(self) -> ClassSet:
         """The classes, re-read first when the file changed on disk since (another worker enrolled)."""
@@ -216,8 +230,9 @@ class PrototypeStore:
                 self._write(new)
             except OSError as e:
                 raise self._persist_error(e) from None
-            self.classes = new
-            self._stamp = _stamp(self.path)
+            with self._state_lock:
+                self.classes = new
+                self._stamp = _stamp(self.path)
             return new
 
     def _persist_error(self, e: OSError) -> PersistError:

@@ -76,6 +76,7 @@ class Service:
                 store = PrototypeStore(spec.name, classes_path(spec.name, spec.path, s.classes_dir),
                                        model_sha256=model.info.sha256, embedding_dim=model.info.embedding_dim)
                 store.load()
+                store.check_writable()
                 self.stores[spec.name] = store
         self._warmup = asyncio.create_task(self._warm_up())
 

@@ -22,7 +22,7 @@ COMPRESS = [sys.executable, "-m", "compress"]
 SERVE = [sys.executable, "-m", "serve"]
 OPTIONS = ["--model", "--host", "--port", "--workers", "--threads", "--ort-spinning", "--max-batch", "--max-wait-ms",
            "--max-queue", "--timeout", "--max-upload-mb", "--max-pixels", "--max-files", "--top-k", "--api-key",
-           "--inline-max-ms", "--log-level", "--access-log"]
+           "--inline-max-ms", "--classes-dir", "--log-level", "--access-log"]
 
 
 def free_port() -> int:

@@ -257,6 +257,9 @@ def test_duplicate_name_is_409_unless_replace(client, digits):
     r = enrol(client, "seven", support[1])
     assert r.status_code == 409 and "replace=true" in r.json()["error"]
     assert enrol(client, "seven", support[1], query="?replace=false").status_code == 409
+    # refused before any image is decoded or run: a duplicate with an unreadable file is a 409 too
+    r = client.post("/v1/classes", data={"name": "seven"}, files=[("files", ("a.png", b"junk", "image/png"))])
+    assert r.status_code == 409
     assert client.get("/v1/classes").json()["classes"] == [{"name": "seven", "shots": SHOTS}]
     assert score() == sevens  # the prototype is still the sevens'
     assert enrol(client, "seven", support[1], query="?replace=true").status_code == 201
@@ -425,26 +428,60 @@ def test_read_only_location_names_the_flag(client, digits, monkeypatch):
     assert client.get("/v1/classes").json()["classes"] == []
 
 
-def test_concurrent_enrolments_are_serialised(fewshot_onnx, digits, tmp_path):
+def test_concurrent_enrolments_are_serialised(fewshot_onnx, digits, tmp_path, monkeypatch):
+    import time
+
     import httpx
 
+    from serve.prototypes import PrototypeStore
+
+    real_write = PrototypeStore._write
+
+    def slow_write(self, classes):  # a slow disk: unserialised changes would overlap and lose updates
+        time.sleep(0.05)
+        real_write(self, classes)
+
+    monkeypatch.setattr(PrototypeStore, "_write", slow_write)
     app = create_app(Settings(models=(ModelSpec("digits", fewshot_onnx),), classes_dir=tmp_path))
     names = [f"class-{i}" for i in range(6)]
     png = encode(digits[0][7][0])
+    sent = names + ["class-0"]  # both "class-0" pass the check before inference; the locked one refuses one
 
     async def run():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
                 rs = await asyncio.gather(*(c.post("/v1/classes", data={"name": n},
-                                                   files=[("files", ("a.png", png, "image/png"))]) for n in names))
+                                                   files=[("files", ("a.png", png, "image/png"))]) for n in sent))
                 return rs, (await c.get("/v1/classes")).json()
 
     responses, listed = asyncio.run(run())
-    assert [r.status_code for r in responses] == [201] * len(names)
+    assert sorted(r.status_code for r in responses) == [201] * len(names) + [409]  # one name sent twice
     assert sorted(c["name"] for c in listed["classes"]) == names
     saved = json.loads((tmp_path / "digits.classes.json").read_text())
     assert sorted(c["name"] for c in saved["classes"]) == names
+
+
+def test_worker_processes_share_the_classes(fewshot_onnx, digits, tmp_path):
+    """Two uvicorn workers: enrolments over fresh connections land in either worker, and each
+    worker re-reads the file before changing it, so none is lost and every worker lists them all."""
+    import httpx
+
+    from tests.test_serve_cli import SERVE, free_port, running_server
+
+    port = free_port()
+    names = [f"class-{i}" for i in range(6)]
+    cmd = SERVE + [str(fewshot_onnx), "--port", str(port), "--workers", "2", "--classes-dir", str(tmp_path),
+                   "--log-level", "warning"]
+    with running_server(cmd, port) as url:
+        for i, name in enumerate(names):
+            with httpx.Client(base_url=url) as c:  # a new connection each time
+                r = c.post("/v1/classes", data={"name": name}, files=_files(digits[0][ENROLLED[i % 3]][:2]))
+                assert r.status_code == 201, r.text
+        for _ in range(6):
+            with httpx.Client(base_url=url) as c:
+                assert [k["name"] for k in c.get("/v1/classes").json()["classes"]] == names
+    assert [k["name"] for k in json.loads((tmp_path / "digits.classes.json").read_text())["classes"]] == names
 
 
 # --- the rest of the service ------------------------------------------------------------------

@@ -5,6 +5,8 @@ nearest prototype. ``?model=NAME`` picks the model, as on ``/predict``. Needs a 
 ``embedding`` output (``compress export`` adds it); see :mod:`serve.prototypes` for the storage."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -101,7 +103,7 @@ async def enrol_class(request: Request, service: Service = Depends(get_service),
 
 def _duplicate(name: str) -> ServeError:
     return ServeError(409, f"class {name!r} is enrolled already: POST with ?replace=true to replace it, or "
-                           "DELETE /v1/classes/{name} first")
+                           f"DELETE /v1/classes/{quote(name, safe='')} first")
 
 
 @router.get("/v1/classes", response_model=ClassList, responses=ERRORS, summary="The enrolled few-shot classes")
