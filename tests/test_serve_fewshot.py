@@ -428,6 +428,29 @@ def test_read_only_location_names_the_flag(client, digits, monkeypatch):
     assert client.get("/v1/classes").json()["classes"] == []
 
 
+def test_read_only_location_is_warned_about_at_start(fewshot_onnx, tmp_path, monkeypatch, caplog):
+    from serve import prototypes
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(prototypes.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    with caplog.at_level(logging.WARNING, logger="serve"), \
+            make_client(("digits", fewshot_onnx), classes_dir=tmp_path / "ro") as c:
+        wait_ready(c)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("cannot be saved" in line and "--classes-dir" in line for line in lines), lines
+
+
+def test_class_count_is_limited(client, digits, monkeypatch):
+    from serve.routers import classes
+
+    monkeypatch.setattr(classes, "MAX_CLASSES", 2)
+    assert enrol(client, "zero", digits[0][0][:1]).status_code == 201
+    assert enrol(client, "one", digits[0][1][:1]).status_code == 201
+    r = enrol(client, "seven", digits[0][7][:1])
+    assert r.status_code == 409 and "limit" in r.json()["error"]
+    assert enrol(client, "one", digits[0][7][:1], query="?replace=true").status_code == 201  # replacing is fine
+
+
 def test_concurrent_enrolments_are_serialised(fewshot_onnx, digits, tmp_path, monkeypatch):
     import time
 
