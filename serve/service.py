@@ -146,7 +146,7 @@ class Service:
         store = self.stores.get(model.name)
         if store is None:
             raise ServeError(409, f"model {model.name!r} has no 'embedding' output, so it cannot take few-shot "
-                                  "classes: re-export it with a version of `compress export` that adds one")
+                                  "classes: export it again with `compress export` (it adds one unless --no-embedding)")
         return store
 
     async def embed(self, model: Model, batch: np.ndarray) -> tuple[BatchResult, np.ndarray, np.ndarray]:
