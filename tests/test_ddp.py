@@ -21,7 +21,9 @@ def _free_port() -> int:
 
 
 class _Recording(torch.utils.data.Dataset):
-    """A dataset that remembers which indices this process read."""
+    """A dataset that remembers which indices this process's DataLoaders read. Only batch reads
+    count (DataLoader fetches through ``__getitems__``): the training loop also reads sample 0
+    alone to set its criterion up, which is no part of any rank's shard."""
 
     def __init__(self, base):
         self.base, self.seen = base, []
@@ -30,8 +32,11 @@ class _Recording(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        self.seen.append(int(i))
         return self.base[i]
+
+    def __getitems__(self, indices):
+        self.seen.extend(int(i) for i in indices)
+        return [self.base[i] for i in indices]
 
 
 def test_distributed_loaders_give_each_rank_a_disjoint_shard(monkeypatch):
