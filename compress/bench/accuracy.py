@@ -47,10 +47,15 @@ def _test_arrays(spec: str, side: int, meta, seed: int, limit: int | None):
     kw = {"mean": meta.mean, "std": meta.std} if meta is not None else {}
     bundle = load_data(spec, image_size=side, seed=seed, **kw)
     split = bundle.test if len(bundle.test) else bundle.val
+    return (bundle, *split_arrays(split, limit))
+
+
+def split_arrays(split, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, C, H, W) float32, targets) of the first ``limit`` samples of a data split (all
+    of them by default)."""
     n = len(split) if limit is None else min(limit, len(split))
     xs, ys = zip(*(split[i] for i in range(n)))
-    images = np.stack([np.asarray(x, dtype=np.float32) for x in xs])
-    return bundle, images, np.stack([np.asarray(y) for y in ys])
+    return np.stack([np.asarray(x, dtype=np.float32) for x in xs]), np.stack([np.asarray(y) for y in ys])
 
 
 def data_metrics(variants: list[Variant], spec: str, limit: int | None, seed: int, runners: dict[str, Any],

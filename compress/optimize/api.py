@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import UserError
+from ..pipeline.runner import file_sha256
 from .config import OptimizeConfig
 from .frontier import choose, pareto
 
@@ -68,12 +69,6 @@ class OptimizeResult:
                 "stopped_by_budget": self.stopped_by_budget, "seconds": self.seconds}
 
 
-def _sha256(path: Path) -> str:
-    from ..pipeline.runner import file_sha256
-
-    return file_sha256(path)
-
-
 def candidate_id(objective: str, a: float, b: float) -> str:
     return f"d{a:g}-r{b:g}" if objective == "latency" else f"s{a:g}-b{b:g}"
 
@@ -106,18 +101,12 @@ class _Data:
         self.options = {"data": self.spec, "data_seed": self.seed, "data_root": cfg.data_root}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        if split not in self._arrays:
-            ds = getattr(self.bundle, split)
-            xs, ys = zip(*(ds[i] for i in range(len(ds))))
-            self._arrays[split] = (np.stack([np.asarray(x, dtype=np.float32) for x in xs]),
-                                   np.stack([np.asarray(y) for y in ys]))
-        return self._arrays[split]
-
     def accuracy(self, predict: Callable[[np.ndarray], np.ndarray], split: str = "val") -> float:
-        from ..bench.accuracy import accuracy, predict_all
+        from ..bench.accuracy import accuracy, predict_all, split_arrays
 
-        images, targets = self.arrays(split)
+        if split not in self._arrays:
+            self._arrays[split] = split_arrays(getattr(self.bundle, split))
+        images, targets = self._arrays[split]
         return float(accuracy(predict_all(predict, images), targets, self.task))
 
 
@@ -177,7 +166,7 @@ def _reuse(folder: Path, key: str) -> dict[str, Any] | None:
         return None
     for name, sha in rec.get("files", {}).items():
         p = folder / name
-        if not p.is_file() or _sha256(p) != sha:
+        if not p.is_file() or file_sha256(p) != sha:
             return None
     return rec
 
@@ -185,7 +174,7 @@ def _reuse(folder: Path, key: str) -> dict[str, Any] | None:
 def _save_record(folder: Path, rec: dict[str, Any]) -> None:
     from ..io import write_json
 
-    rec["files"] = {name: _sha256(folder / name) for name in rec.get("outputs", {}).values() if name}
+    rec["files"] = {name: file_sha256(folder / name) for name in rec.get("outputs", {}).values() if name}
     write_json(folder / RECORD, rec)
 
 
@@ -241,12 +230,11 @@ def _int8(model: Path, folder: Path, cfg: OptimizeConfig, data: _Data, size: int
     if not cfg.imagenet_stem and size == data.side:
         outputs["timing_int8"] = "int8.onnx"
         return
+    # The timing twin's graph has the same node names, so the excluded nodes carry over.
     fixed = QuantizeConfig(**{**common, "quant_format": chosen["format"], "types": chosen["types"],
                               "per_channel": "on" if chosen["per_channel"] else "off",
-                              "calibration": chosen["calibration"], "max_exclude": 0, "min_agreement": 1e-9,
-                              "input_size": size, "budget": 0.2})
-    # The timing twin's graph has the same node names, so the excluded nodes carry over.
-    fixed.exclude = list(chosen["exclude"])
+                              "calibration": chosen["calibration"], "exclude": list(chosen["exclude"]),
+                              "max_exclude": 0, "min_agreement": 1e-9, "input_size": size, "budget": 0.2})
     quantize_artifact(folder / "timing_fp32.onnx", folder / "timing_int8.onnx", fixed)
     outputs["timing_int8"] = "timing_int8.onnx"
 
@@ -319,7 +307,7 @@ def _search(src: Path, out: Path, cfg: OptimizeConfig, data: _Data, size: int, s
     """The search proper (under the output folder's lock): candidates, variants, frontier, choice."""
     from ..io import write_json
 
-    input_sha = _sha256(src)
+    input_sha = file_sha256(src)
     log(f"{cfg.objective} search over {len(cfg.candidates())} candidates; accuracy on {len(data.bundle.val)} "
         f"validation images, budget {cfg.max_drop:g} points")
     base_acc = data.accuracy(_model_predict(src))
@@ -370,8 +358,9 @@ def _search(src: Path, out: Path, cfg: OptimizeConfig, data: _Data, size: int, s
         cost = "bytes"
     front = pareto(variants, cost)
     chosen = choose(variants, cost, base_acc, cfg.max_drop)
-    _test_accuracies(src, out, front, chosen, data, baseline, log)
-    files = _write_chosen(src, out, chosen, cfg, data.options) if chosen else {}
+    by_id = {rec["id"]: rec for rec in records}
+    _test_accuracies(src, out, by_id, front, chosen, data, baseline, log)
+    files = _write_chosen(src, out, by_id[chosen["candidate"]], chosen, cfg, data.options) if chosen else {}
     result = OptimizeResult(cfg.objective, src, out, baseline, records, variants, front, chosen, files, skipped,
                             cfg.to_dict(), timing, round(time.time() - started, 1), stopped)
     _plot(result, out, cost)
@@ -430,35 +419,33 @@ def _size_variants(src: Path, records: list[dict], baseline: dict) -> list[dict]
              "drop_points": 100 * (baseline["val_accuracy"] - rec["val_accuracy"])} for rec in records]
 
 
-def _variant_file(out: Path, v: dict) -> Path:
-    folder = out / "candidates" / v["candidate"]
-    rec = json.loads((folder / RECORD).read_text())
-    o = rec["outputs"]
-    if "dcz" in o:
-        return folder / o["dcz"]
-    return folder / (o["int8"] if v.get("precision") == "int8" else o.get("model") or "")
+def _variant_file(src: Path, out: Path, rec: dict, v: dict) -> Path:
+    """The model file a variant is evaluated from: its .dcz, its INT8 ONNX, its pruned artifact, or
+    the input model itself (a latency candidate that pruned nothing)."""
+    folder, o = out / "candidates" / rec["id"], rec["outputs"]
+    name = o.get("dcz") or (o["int8"] if v.get("precision") == "int8" else o.get("model"))
+    return folder / name if name else src
 
 
-def _test_accuracies(src: Path, out: Path, front: list[dict], chosen: dict | None, data: _Data, baseline: dict,
-                     log: Log) -> None:
+def _test_accuracies(src: Path, out: Path, records: dict[str, dict], front: list[dict], chosen: dict | None,
+                     data: _Data, baseline: dict, log: Log) -> None:
     """The test split, once, for the frontier's points (and the chosen one): for the report only."""
     log("measuring the frontier on the test split (for the report; the choice is made) ...")
     baseline["test_accuracy"] = data.accuracy(_model_predict(src), "test")
     done: dict[str, float] = {}
     for v in front + ([chosen] if chosen else []):
         if v["id"] not in done:
-            path = _variant_file(out, v)
-            done[v["id"]] = data.accuracy(_model_predict(path if path.is_file() else src), "test")
+            done[v["id"]] = data.accuracy(_model_predict(_variant_file(src, out, records[v["candidate"]], v)), "test")
         v["test_accuracy"] = done[v["id"]]
         v["test_drop_points"] = 100 * (baseline["test_accuracy"] - v["test_accuracy"])
 
 
-def _write_chosen(src: Path, out: Path, chosen: dict, cfg: OptimizeConfig, data_options: dict) -> dict[str, str]:
+def _write_chosen(src: Path, out: Path, rec: dict, chosen: dict, cfg: OptimizeConfig,
+                  data_options: dict) -> dict[str, str]:
     """The chosen variant's files next to the report (copied atomically) and its pipeline recipe."""
     from ..io import atomic_path
 
-    folder = out / "candidates" / chosen["candidate"]
-    rec = json.loads((folder / RECORD).read_text())
+    folder = out / "candidates" / rec["id"]
     o, files = rec["outputs"], {}
     wanted = {"chosen.safetensors": o.get("model") or o.get("kmeans"), "chosen.onnx": o.get("int8")
               if chosen.get("precision") == "int8" else None, "chosen.dcz": o.get("dcz")}
@@ -479,53 +466,45 @@ def _write_chosen(src: Path, out: Path, chosen: dict, cfg: OptimizeConfig, data_
     return files
 
 
-def _yaml_value(v: Any) -> str:
-    return json.dumps(v)  # JSON scalars and lists are YAML too
-
-
 def _recipe_text(src: Path, rec: dict, chosen: dict, cfg: OptimizeConfig, data_options: dict) -> str:
     """A `compress pipeline` recipe that rebuilds the chosen variant from the input model."""
-    lines = [f"# Written by compress optimize ({cfg.objective}); rebuilds {chosen['id']}:",
-             "#   compress pipeline recipe.yaml -o rebuilt",
-             f"name: optimize-{rec['id']}", "stages:"]
+    import yaml
+
     data = {k: v for k, v in {**data_options, "train_limit": cfg.train_limit}.items() if v is not None}
+    source = str(src.resolve())
+    stages: list[tuple[str, dict[str, Any]]] = []
     if cfg.objective == "latency":
+        model_ref = source
         if rec.get("prune_options"):
             opts = {**rec["prune_options"]}
             if rec.get("removed_blocks"):  # the blocks this run ranked and removed, by name
                 opts.pop("blocks", None)
                 opts["drop_block"] = rec["removed_blocks"]
-            lines.append("  - prune:")
-            lines += [f"      {k}: {_yaml_value(v)}" for k, v in {"name": "pruned", "input": str(src.resolve()),
-                                                                   **opts}.items()]
+            stages.append(("prune", {"name": "pruned", "input": source, **opts}))
             model_ref = "pruned"
-        else:
-            model_ref = str(src.resolve())
-        lines.append(f"  - export: {{name: pruned_onnx, input: {_yaml_value(model_ref)}}}")
+        stages.append(("export", {"name": "pruned_onnx", "input": model_ref}))
         if chosen.get("precision") == "int8":
             c = rec["int8"]["config"]
-            q = {"name": "pruned_int8", "input": "pruned_onnx", "int8": True, "qat": "off", "quant_format": c["format"],
-                 "types": c["types"], "per_channel": "on" if c["per_channel"] else "off",
-                 "calibration": c["calibration"], "exclude": list(c["exclude"]), "max_exclude": 0,
-                 "calib": data.get("data"), "data_seed": data.get("data_seed"), "threads": cfg.threads,
-                 "min_agreement": cfg.int8_min_agreement}
-            lines.append("  - quantize:")
-            lines += [f"      {k}: {_yaml_value(v)}" for k, v in q.items()]
+            stages.append(("quantize", {
+                "name": "pruned_int8", "input": "pruned_onnx", "int8": True, "qat": "off", "quant_format": c["format"],
+                "types": c["types"], "per_channel": "on" if c["per_channel"] else "off",
+                "calibration": c["calibration"], "exclude": list(c["exclude"]), "max_exclude": 0,
+                "calib": data.get("data"), "data_seed": data.get("data_seed"), "threads": cfg.threads,
+                "min_agreement": cfg.int8_min_agreement}))
     else:
-        stages = []
         if rec["sparsity"]:
-            stages.append(("prune", {"name": "sparse", "input": str(src.resolve()), "sparsity": rec["sparsity"],
+            stages.append(("prune", {"name": "sparse", "input": source, "sparsity": rec["sparsity"],
                                      "global_pruning": True, "finetune": cfg.finetune, "lr": cfg.lr, "bench": False,
                                      **data}))
-        stages.append(("quantize", {"name": "kmeans", **({} if rec["sparsity"] else {"input": str(src.resolve())}),
+        stages.append(("quantize", {"name": "kmeans", **({} if rec["sparsity"] else {"input": source}),
                                     "kmeans_bits": rec["bits"], "finetune": cfg.finetune, "lr": cfg.lr / 10,
                                     "test": False, **data}))
         stages.append(("huffman", {"name": "coded", "measure": False,
                                    **{k: v for k, v in data.items() if k != "train_limit"}}))
-        for kind, opts in stages:
-            lines.append(f"  - {kind}:")
-            lines += [f"      {k}: {_yaml_value(v)}" for k, v in opts.items()]
-    return "\n".join(lines) + "\n"
+    header = (f"# Written by compress optimize ({cfg.objective}); rebuilds {chosen['id']}:\n"
+              "#   compress pipeline recipe.yaml -o rebuilt\n")
+    doc = {"name": f"optimize-{rec['id']}", "stages": [{kind: opts} for kind, opts in stages]}
+    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=110)
 
 
 def _plot(result: OptimizeResult, out: Path, cost: str) -> None:
