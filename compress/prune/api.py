@@ -215,7 +215,8 @@ def _eval_split(job: _Job):
 
 
 def _depth(job: _Job, extra: dict[str, Any]) -> list[str]:
-    """Remove ``--drop-block`` blocks, or the ``--blocks`` cheapest ones by validation metric;
+    """Remove ``--drop-block`` blocks, or the ``--blocks`` whose removal alone changes the outputs
+    least on validation images (:func:`.depth.rank_blocks`);
     records the ranking in ``extra["depth"]`` and the removal in the artifact's ``arch_kwargs``."""
     from models import remove_blocks, residual_blocks
 
@@ -337,8 +338,8 @@ def prune_artifact(model_path: str | os.PathLike, output: str | os.PathLike, con
     out, report_path = check_outputs([out, sidecar(out)], [model_path, cfg.ratio_file])
     job = _prepare(model_path, cfg, log, progress)
     with tempfile.TemporaryDirectory(prefix="compress-prune-") as workdir:
-        measure = ModelMeasure(job.meta, job.bundle if cfg.test else None, cfg.bench_size(job.meta.input_size[-1]), Path(workdir),
-                               imagenet_stem=cfg.bench_imagenet_stem, runs=cfg.bench_runs)
+        measure = ModelMeasure(job.meta, job.bundle if cfg.test else None, cfg.bench_size(job.meta.input_size[-1]),
+                               Path(workdir), imagenet_stem=cfg.bench_imagenet_stem, runs=cfg.bench_runs)
         log("measuring the input model ...")
         before = measure(job.model, model_path.stat().st_size)
         params, extra = (_structured if mode == "structured" else _unstructured)(job)

@@ -49,8 +49,8 @@ class PruneConfig(KDOptions):
                                                   "2 threads, bench input size)")
     blocks: int = option(0, check=_at_least_0, group=_D,
                          help="depth pruning: remove this many residual blocks (x + f(x) becomes x), those whose "
-                              "removal alone costs the least validation accuracy (see --analyze-samples); applied "
-                              "before channel pruning, so it combines with --ratio")
+                              "removal alone changes the outputs least (mean KL divergence on --analyze-samples "
+                              "validation images); applied before channel pruning, so it combines with --ratio")
     drop_block: list[str] = option(default_factory=list, repeat=True, metavar="BLOCK", group=_D,
                                    help="remove this residual block by name (e.g. features.5; `compress prune "
                                         "--blocks` reports the candidates); repeatable")
@@ -111,7 +111,7 @@ class PruneConfig(KDOptions):
         if len(targets) > 1:
             raise UserError("give one of --target-macs and --target-latency-ms")
         if self.blocks and self.drop_block:
-            raise UserError("give --blocks (chosen by validation accuracy) or --drop-block (named), not both")
+            raise UserError("give --blocks (ranked on validation images) or --drop-block (named), not both")
         if targets and (self.ratio is not None or self.ratio_file):
             raise UserError(f"{targets[0]} searches the ratio itself; drop --ratio/--ratio-file")
         if self.sparsity is not None and self.steps != 1:
