@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from compress.errors import UserError
-from compress.runtime import LatencyStats, measure_interleaved, resolve_input_size, square_size
+from compress.runtime import (LatencyStats, measure_interleaved, ort_session, resolve_input_size, spin_mode,
+                              square_size)
 
 
 # ----------------------------------------------------------------------------- LatencyStats
@@ -184,6 +185,74 @@ def test_real_sleeps_are_measured():
                                 budget_s=0.0)
     assert min(times[0]) >= 0.002 and min(times[1]) >= 0.01
     assert np.median(times[1]) > np.median(times[0])
+
+
+def warm_then(clock, name, cold, warm, log):
+    """A runner whose call takes ``cold`` seconds right after another runner's call, else ``warm``."""
+    def run():
+        clock.now += warm if log and log[-1][0] == name else cold
+        log.append((name, clock.now))
+    return run
+
+
+def test_blocks_sized_from_the_warm_up_with_one_untimed_call_first(clock):
+    log = []
+    # 1/256 s and 1/64 s per warm call; blocks of 8/256 s -> 8 and 2 timed calls per turn
+    a = warm_then(clock, "a", 1 / 32, 1 / 256, log)
+    b = warm_then(clock, "b", 1 / 32, 1 / 64, log)
+    times = measure_interleaved([a, b], warmup=2, min_runs=16, budget_s=0.0, max_runs=1000, block_s=8 / 256)
+    names = [n for n, _ in log]
+    assert names[:4] == ["a", "a", "b", "b"]
+    assert names[4:4 + 9 + 3] == ["a"] * 9 + ["b"] * 3  # one untimed call, then the block
+    # the cold call after the other runner is never timed: every timing is the warm one
+    np.testing.assert_allclose(times[0], 1 / 256)
+    np.testing.assert_allclose(times[1], 1 / 64)
+    assert len(times[1]) == 16 and len(times[0]) == 64  # 8 turns: b needs 8 to reach min_runs
+
+
+def test_strict_alternation_times_the_cold_calls(clock):
+    log = []
+    a = warm_then(clock, "a", 1 / 32, 1 / 256, log)
+    b = warm_then(clock, "b", 1 / 32, 1 / 64, log)
+    times = measure_interleaved([a, b], warmup=2, min_runs=4, budget_s=0.0, block_s=0.0)
+    np.testing.assert_allclose(times[0], 1 / 32)  # every call follows the other runner's
+    assert [len(t) for t in times] == [4, 4]
+
+
+def test_blocks_stop_at_max_runs_and_a_lone_runner_gets_no_blocks(clock):
+    log = []
+    a = warm_then(clock, "a", 1 / 32, 1 / 256, log)
+    b = warm_then(clock, "b", 1 / 32, 1 / 64, log)
+    times = measure_interleaved([a, b], warmup=2, min_runs=5, budget_s=0.0, max_runs=5, block_s=8 / 256)
+    assert [len(t) for t in times] == [5, 5]
+    log.clear()
+    (times,) = measure_interleaved([a], warmup=1, min_runs=3, budget_s=0.0, max_runs=3, block_s=1.0)
+    assert len(log) == 4 and len(times) == 3
+
+
+def test_spin_modes():
+    assert (spin_mode(True), spin_mode(False), spin_mode("run")) == ("on", "off", "run")
+    with pytest.raises(ValueError, match="spinning must be one of off, run, on"):
+        spin_mode("sometimes")
+
+
+@pytest.mark.parametrize("mode, allow, stop", [("run", "1", "1"), ("off", "0", ""), ("on", "", "")])
+def test_spin_mode_reaches_the_session_options(tmp_path, mode, allow, stop):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    so = ort_session(tmp_path / "m.onnx", 2, spinning=mode).get_session_options()
+
+    def entry(key):
+        try:
+            return so.get_session_config_entry(key)
+        except RuntimeError:  # not set: ONNX Runtime's default
+            return ""
+    assert (entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")) == (allow, stop)
 
 
 # ----------------------------------------------------------------------------- input sizes

@@ -1,8 +1,8 @@
 """The bench stage: :class:`BenchConfig` → :func:`run_benchmark` → :class:`BenchReport`.
 
 For every cell (batch size x thread count) each variant is warmed up, then all variants are timed
-interleaved (:func:`compress.runtime.measure_interleaved`) until the time budget is spent and
-every variant has at least ``min_runs`` timings. Ratios are to the first variant (the baseline).
+interleaved in blocks of about ``block_ms`` (:func:`compress.runtime.measure_interleaved`) until
+the time budget is spent and every variant has at least ``min_runs`` timings. Ratios are to the first variant (the baseline).
 Latency is the wall-clock time of one forward pass of a batch (ms); throughput is images per
 second at the median latency; achieved GMAC/s = MACs per image x batch / median latency.
 With ``peers``, every ONNX file is also run by each peer runtime (:mod:`compress.bench.peers`),
@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from ..config import StageConfig, option, parse_list
 from ..errors import UserError
-from ..runtime import LatencyStats, measure_interleaved, random_images
+from ..runtime import SPIN_MODES, LatencyStats, measure_interleaved, random_images
 from .peers import PEERS, openvino_version
 from .variants import PeerCannotLoad, Variant, load_variant, peer_variant
 
@@ -50,8 +50,15 @@ class BenchConfig(StageConfig):
                            help="timed runs per variant per cell, at least")
     budget: float = option(2.0, check=(lambda v: v >= 0, "must be >= 0 seconds"),
                            help="timing seconds per variant per cell")
-    ort_spinning: bool = option(False, help="let ONNX Runtime threads busy-wait between runs (faster alone, "
-                                            "unfair to the variant timed next)")
+    ort_spinning: str = option("run", choices=SPIN_MODES,
+                               help="ONNX Runtime's busy-waiting threads: run (spin while a run lasts, stop "
+                                    "when it returns), on (its default: also spin after a run, stealing the "
+                                    "cores of the variant timed next), off (never: every operator wakes "
+                                    "sleeping threads, MobileNetV2-224 batch 1 a third slower here)")
+    block_ms: float = option(20.0, check=(lambda v: v >= 0, "must be >= 0 ms"),
+                             help="each variant's turn: consecutive runs lasting about this long, after one "
+                                  "untimed run; 0 = one run per turn (every run then follows another "
+                                  "model's and finds cold caches, which penalises small models most)")
     plot: bool = option(True, help="write the PNG plot next to the JSON and CSV")
 
     def resolved_threads(self) -> list[int]:
@@ -63,7 +70,8 @@ class BenchConfig(StageConfig):
         """The resolved command, so a result can be reproduced."""
         parts = ["compress", "bench", *map(str, models), "--batch", ",".join(map(str, self.batch)),
                  "--threads", ",".join(map(str, self.resolved_threads())), "--warmup", str(self.warmup),
-                 "--min-runs", str(self.min_runs), "--budget", str(self.budget)]
+                 "--min-runs", str(self.min_runs), "--budget", str(self.budget), "--block-ms", f"{self.block_ms:g}",
+                 "--ort-spinning", self.ort_spinning]
         for name in ("input_size", "data", "data_limit"):
             if getattr(self, name):
                 parts += ["--" + name.replace("_", "-"), str(getattr(self, name))]
@@ -71,7 +79,8 @@ class BenchConfig(StageConfig):
             parts += ["--data-seed", str(self.data_seed)]
         if self.peers:
             parts += ["--peers", ",".join(self.peers)]
-        parts += ["--" + n.replace("_", "-") for n in ("compile", "ort_spinning") if getattr(self, n)]
+        if self.compile:
+            parts.append("--compile")
         return " ".join(parts)
 
 
@@ -180,7 +189,7 @@ def _static_rows(variants: list[Variant], sizes: dict[str, tuple], metrics: dict
 class _Runners:
     """One runner per (variant, threads), created on first use and reused across cells."""
 
-    def __init__(self, spinning: bool):
+    def __init__(self, spinning: bool | str):
         self.spinning = spinning
         self.cache: dict[tuple[str, int], Any] = {}
 
@@ -229,7 +238,8 @@ def run_benchmark(paths: Sequence[str | os.PathLike], config: BenchConfig | None
                 cell = [runners.get(v, t) for v in variants]
                 for v, r in zip(variants, cell):
                     r.set_input(random_images(b, sizes[v.name]))
-                samples = measure_interleaved(cell, warmup=cfg.warmup, min_runs=cfg.min_runs, budget_s=cfg.budget)
+                samples = measure_interleaved(cell, warmup=cfg.warmup, min_runs=cfg.min_runs, budget_s=cfg.budget,
+                                              block_s=cfg.block_ms / 1000)
                 cells.append([LatencyStats.from_seconds(s, b, t) for s in samples])
     machine["load_average_end"] = machine_info().get("load_average")
     config_dict = {**cfg.to_dict(), "threads": threads, "models": [str(p) for p in paths], "interleaved": True,

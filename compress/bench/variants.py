@@ -84,7 +84,7 @@ class Variant:
                 self._macs[size] = onnx_macs(self.onnx_path, size)
         return self._macs[size]
 
-    def runner(self, threads: int, *, spinning: bool = False):
+    def runner(self, threads: int, *, spinning: bool | str = "run"):
         """A fresh runner for this variant (ONNX Runtime session or peer runtime's compiled model
         at ``threads``, or the module)."""
         if self.peer is not None:

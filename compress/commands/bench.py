@@ -4,8 +4,9 @@ Inputs are model artifacts (.safetensors: PyTorch eager, plus torch.compile with
 ONNX files (ONNX Runtime; int8 models too), in any mix; the first is the baseline every ratio
 refers to. --peers also runs every ONNX file in OpenVINO (pip install -e '.[peers]'):
 "openvino" with its defaults (bfloat16 on CPUs that have it), "openvino-f32" held to fp32.
-For each batch size x thread count all variants are warmed up, then timed interleaved
-(A B C A B C ...) until the time budget is spent, so drift on a shared CPU hits them alike.
+For each batch size x thread count all variants are warmed up, then timed in turns of about
+--block-ms (AAAA BBBB CCCC AAAA ...) until the time budget is spent, so drift on a shared CPU hits
+them alike while each run finds the caches warm, as in a service running one model.
 Reported: p50/p90/p99 latency per batch (ms), IQR, images/s, speedup over the baseline, achieved
 GMAC/s; engine, the precision it really computes in, params, MACs, file size; with --data,
 accuracy and agreement with the baseline.

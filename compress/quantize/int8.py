@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..runtime import LatencyStats, OnnxRunner, measure_interleaved, random_images
+from ..runtime import DEFAULT_BLOCK_S, LatencyStats, OnnxRunner, measure_interleaved, random_images
 from .calib import ArrayReader, QuantData
 
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
@@ -197,13 +197,14 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 def time_models(paths: Sequence[Path], size: tuple[int, int, int], *, batch: int, threads: int,
                 budget_s: float) -> list[LatencyStats]:
-    """p50 & co. of each model under ONNX Runtime, timed interleaved on one random batch."""
+    """p50 & co. of each model under ONNX Runtime, timed interleaved in blocks on one random batch
+    (threads spinning within a run only: see :mod:`compress.runtime`)."""
     runners = []
     for p in paths:
-        r = OnnxRunner(p, threads, spinning=False)
+        r = OnnxRunner(p, threads, spinning="run")
         r.set_input(random_images(batch, size))
         runners.append(r)
-    samples = measure_interleaved(runners, warmup=3, min_runs=10, budget_s=budget_s)
+    samples = measure_interleaved(runners, warmup=3, min_runs=10, budget_s=budget_s, block_s=DEFAULT_BLOCK_S)
     return [LatencyStats.from_seconds(s, batch, threads) for s in samples]
 
 
