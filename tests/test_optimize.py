@@ -89,6 +89,42 @@ def test_hopeless_branch_stops_more_aggressive_candidates(trained, tmp_path):
         assert {c["id"] for c in rep["candidates"]} == {"d0-r0.5", "d0-r0.7"}
 
 
+def test_grid_ids_and_branches_with_per_layer_allocation():
+    from compress.optimize.api import candidate_id, more_aggressive
+    from compress.optimize.config import OptimizeConfig
+
+    grid = OptimizeConfig(blocks=[0, 2], ratios=[0, 0.5], allocate=["uniform", "sensitivity"]).candidates()
+    assert grid == [(0, 0), (0, 0.5), (0, 0.5, "sensitivity"), (2, 0), (2, 0.5), (2, 0.5, "sensitivity")]
+    assert [candidate_id("latency", *c) for c in grid] == ["d0-r0", "d0-r0.5", "d0-s0.5", "d2-r0", "d2-r0.5",
+                                                           "d2-s0.5"]
+    # a hopeless uniform ratio stops uniform ratios only; a hopeless depth alone stops everything deeper
+    assert more_aggressive("latency", (2, 0.5), (0, 0.5)) and not more_aggressive("latency", (2, 0.5, "sensitivity"),
+                                                                                    (0, 0.5))
+    assert more_aggressive("latency", (2, 0.5, "sensitivity"), (0, 0.5, "sensitivity"))
+    assert more_aggressive("latency", (2, 0.5, "sensitivity"), (2, 0))
+    assert OptimizeConfig(allocate=["sensitivity"], ratios=[0, 0.3]).candidates()[:2] == [(0, 0), (0, 0.3, "sensitivity")]
+
+
+def test_sensitivity_allocated_candidate(trained, tmp_path):
+    out = tmp_path / "opt"
+    assert main(["optimize", str(trained), "--blocks", "0", "--ratios", "0.5", "--allocate", "uniform,sensitivity",
+                 "--max-drop", "50", "--no-int8", *QUICK, "-o", str(out)]) == 0
+    rep = json.loads((out / "optimize.json").read_text())
+    recs = {c["id"]: c for c in rep["candidates"]}
+    assert set(recs) == {"d0-r0.5", "d0-s0.5"}
+    assert recs["d0-s0.5"]["allocate"] == "sensitivity" and recs["d0-s0.5"]["ratio_per_layer"]
+    assert "ratio_per_layer" not in recs["d0-r0.5"]
+    report = json.loads((out / "candidates" / "d0-s0.5" / "model.safetensors.json").read_text())
+    assert report["allocation"]["macs_removed"] >= 0.99 * report["allocation"]["macs_removed_uniform"]
+    if rep["chosen"] and rep["chosen"]["candidate"] == "d0-s0.5":
+        assert "allocate: sensitivity" in (out / "recipe.yaml").read_text()
+
+
+def test_bad_allocation_exits_2(trained, tmp_path, capsys):
+    assert main(["optimize", str(trained), "--allocate", "evenly", "-o", str(tmp_path / "o")]) == 2
+    assert "must be a list of uniform, sensitivity" in capsys.readouterr().err
+
+
 def test_size_search_chooses_the_smallest_dcz_within_budget(trained, tmp_path):
     out = tmp_path / "opt"
     assert main(["optimize", str(trained), "--objective", "size", "--sparsities", "0,0.5", "--bits", "4,6",

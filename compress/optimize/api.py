@@ -69,16 +69,20 @@ class OptimizeResult:
                 "stopped_by_budget": self.stopped_by_budget, "seconds": self.seconds}
 
 
-def candidate_id(objective: str, a: float, b: float) -> str:
-    return f"d{a:g}-r{b:g}" if objective == "latency" else f"s{a:g}-b{b:g}"
+def candidate_id(objective: str, a: float, b: float, allocation: str = "uniform") -> str:
+    """d<blocks>-r<ratio> (uniform), d<blocks>-s<ratio> (per-layer by sensitivity), s<sparsity>-b<bits>."""
+    if objective == "latency":
+        return f"d{a:g}-{'r' if allocation == 'uniform' else 's'}{b:g}"
+    return f"s{a:g}-b{b:g}"
 
 
 def more_aggressive(objective: str, cand: tuple, than: tuple) -> bool:
     """Whether ``cand`` prunes at least as hard as ``than`` on every axis (and is not it)."""
     if cand == than:
         return False
-    if objective == "latency":  # (blocks, ratio): more of both
-        return cand[0] >= than[0] and cand[1] >= than[1]
+    if objective == "latency":  # (blocks, ratio[, allocation]): more of both, same allocation
+        same = len(cand) == len(than) or not than[1]
+        return same and cand[0] >= than[0] and cand[1] >= than[1]
     return cand[0] >= than[0] and cand[1] <= than[1]  # (sparsity, bits): sparser, fewer bits
 
 
@@ -152,7 +156,8 @@ def _record_key(cfg: OptimizeConfig, cand: tuple, input_sha: str) -> str:
     from .. import __version__
 
     own = {k: v for k, v in cfg.to_dict().items() if k not in ("budget_minutes", "hopeless", "blocks", "ratios",
-                                                                "sparsities", "bits", "max_drop", "runs")}
+                                                                "sparsities", "bits", "max_drop", "runs",
+                                                                "allocate")}
     blob = json.dumps({"cand": list(cand), "cfg": own, "input": input_sha, "version": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -186,11 +191,15 @@ def _build_latency(src: Path, folder: Path, cand: tuple, cfg: OptimizeConfig, da
     from ..prune.config import PruneConfig
 
     blocks, ratio = int(cand[0]), float(cand[1])
+    allocation = cand[2] if len(cand) > 2 else "uniform"
     outputs: dict[str, str | None] = {}
-    rec: dict[str, Any] = {"blocks": blocks, "ratio": ratio}
+    rec: dict[str, Any] = {"blocks": blocks, "ratio": ratio, "allocate": allocation}
     model = src
     if blocks or ratio:
-        pcfg = PruneConfig(blocks=blocks, ratio=ratio or None, finetune=cfg.finetune, lr=cfg.lr,
+        # with --allocate sensitivity the MACs that decide are those of the timed network
+        alloc = {} if allocation == "uniform" else {"allocate": allocation, "bench_input_size": size,
+                                                    "bench_imagenet_stem": cfg.imagenet_stem}
+        pcfg = PruneConfig(blocks=blocks, ratio=ratio or None, **alloc, finetune=cfg.finetune, lr=cfg.lr,
                            batch_size=cfg.batch_size, max_steps_per_epoch=cfg.max_steps_per_epoch,
                            train_limit=cfg.train_limit, analyze_samples=cfg.rank_samples, seed=cfg.seed, bench=False,
                            test=False, **data.options)
@@ -198,6 +207,8 @@ def _build_latency(src: Path, folder: Path, cand: tuple, cfg: OptimizeConfig, da
         res = prune_artifact(src, model, pcfg, log=lambda m: log("    " + m), progress=progress)
         outputs["model"] = model.name
         rec["removed_blocks"] = res.extra.get("depth", {}).get("removed", [])
+        if res.params.get("ratio_per_layer"):
+            rec["ratio_per_layer"] = res.params["ratio_per_layer"]
         rec["prune_command"] = pcfg
     rec["val_accuracy"] = data.accuracy(_model_predict(model))
     outputs["timing_fp32"] = _timing_onnx(model, folder / "timing_fp32.onnx", size, cfg.imagenet_stem).name

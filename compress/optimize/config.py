@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..config import StageConfig, option, parse_list
 
 OBJECTIVES = ("latency", "size")
+ALLOCATIONS = ("uniform", "sensitivity")  # as compress.prune.config.ALLOCATIONS (this module stays torch-free)
 
 _S, _L, _Z, _F, _T = ("search", "latency objective (structured: depth, width, INT8, threads)",
                       "size objective (sparsity, k-means bits, Huffman)", "fine-tuning and data", "timing")
@@ -34,6 +35,13 @@ class OptimizeConfig(StageConfig):
     ratios: list[float] = option(default_factory=lambda: [0.0, 0.3, 0.5, 0.7], parse=parse_list(float),
                                  check=(lambda v: all(0 <= r < 1 for r in v), "must all satisfy 0 <= r < 1"),
                                  group=_L, metavar="R[,R...]", help="channel ratios to remove (width pruning)")
+    allocate: list[str] = option(default_factory=lambda: ["uniform"], parse=parse_list(str),
+                                 check=(lambda v: bool(v) and all(a in ALLOCATIONS for a in v),
+                                        f"must be a list of {', '.join(ALLOCATIONS)}"), group=_L,
+                                 metavar="A[,A...]",
+                                 help="how each ratio is spread over the layers: uniform, sensitivity (per-layer "
+                                      "ratios from the sensitivity analysis, spending the uniform ratio's MACs at "
+                                      "the timing size where accuracy is cheapest: prune --allocate), or both")
     int8: bool = option(True, group=_L, help="also try ONNX Runtime static INT8 of every candidate (searched on "
                                              "this CPU; accuracy measured on the validation split)")
     int8_min_agreement: float = option(0.98, check=(lambda v: 0 < v <= 1, "must be in (0, 1]"), group=_L,
@@ -69,8 +77,11 @@ class OptimizeConfig(StageConfig):
                                       "the trained model")
     runs: int = option(100, check=_at_least_1, group=_T, help="timed interleaved rounds per thread count")
 
-    def candidates(self) -> list[tuple[int | float, int | float]]:
-        """The grid of the objective, least aggressive first: (blocks, ratio) or (sparsity, bits)."""
+    def candidates(self) -> list[tuple]:
+        """The grid of the objective, least aggressive first: (blocks, ratio) with uniform ratios,
+        (blocks, ratio, allocation) otherwise, or (sparsity, bits)."""
         if self.objective == "latency":
-            return [(b, r) for b in sorted(set(self.blocks)) for r in sorted(set(self.ratios))]
+            allocs = list(dict.fromkeys(self.allocate))
+            return [(b, r) if a == "uniform" else (b, r, a) for b in sorted(set(self.blocks))
+                    for r in sorted(set(self.ratios)) for a in (allocs if r else ["uniform"])]
         return [(s, b) for b in sorted(set(self.bits), reverse=True) for s in sorted(set(self.sparsities))]

@@ -188,11 +188,18 @@ def _structured(job: _Job) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.target_macs is not None or cfg.target_latency_ms is not None:
         ratio, extra["search"] = _search_ratio(job, prune)
     between = (lambda m, step: job.tune(cfg.step_epochs)) if cfg.finetune and cfg.steps > 1 else None
+    allocation = None
+    if cfg.allocate == "sensitivity" and ratio > 0:
+        ratio_file, extra["allocation"] = _sensitivity_ratios(job, ratio)
+        allocation, ratio = {"allocate": cfg.allocate, "ratio": ratio, "ratio_per_layer": ratio_file}, 0.0
     if ratio > 0 or ratio_file:
-        job.log(f"pruning channels: ratio {ratio:g}, method {cfg.method}, {cfg.steps} step(s) ...")
+        job.log(f"pruning channels: ratio {ratio:g}{', per layer' if ratio_file else ''}, method {cfg.method}, "
+                f"{cfg.steps} step(s) ...")
         prune(model, ratio, between)
     params = {"ratio": ratio, "steps": cfg.steps, "round_to": cfg.round_to, "ignored": list(cfg.ignore),
               "ratio_file": cfg.ratio_file}
+    if allocation:
+        params.update(allocation)
     if removed:
         params["removed_blocks"] = removed
     if cfg.finetune:
@@ -200,6 +207,78 @@ def _structured(job: _Job) -> tuple[dict[str, Any], dict[str, Any]]:
     groups_after = {g.name: g.channels for g in channel_groups(model, job.example, cfg.ignore)}
     extra["channels"] = {name: [groups_before[name], groups_after.get(name)] for name in groups_before}
     return params, extra
+
+
+def _sensitivity_ratios(job: _Job, ratio: float) -> tuple[dict[str, float], dict[str, Any]]:
+    """``--allocate sensitivity``: per-group ratios removing as many MACs (at the timing size) as
+    ``ratio`` uniformly would, spent where the analysis says accuracy is cheapest
+    (:mod:`.allocate`). Returns (ratio per layer, the record for the report)."""
+    from models import count_macs
+
+    from ..evaluate import evaluate, primary_metric
+    from .allocate import Option, allocate_ratios, group_savings
+    from .importance import importance_by_name
+    from .measure import imagenet_stem_twin
+    from .sensitivity import analyze_sensitivity
+    from .structured import prune_channels
+
+    cfg, model, meta = job.cfg, job.model, job.meta
+    ratios = sorted(set(cfg.ratios) | {ratio})
+    split_name, split = _eval_split(job)
+    key = primary_metric(meta.task)
+    if cfg.method == "taylor":
+        model.zero_grad(set_to_none=True)
+        gradient_fn(job.bundle, meta.task)(model)
+    job.log(f"sensitivity of every channel group at ratios {', '.join(map(str, ratios))} on {len(split)} "
+            f"{split_name} images ...")
+    _, rows = analyze_sensitivity(model, job.example, lambda m: float(evaluate(m, split, meta.task, 256)[key]),
+                                  ratios=ratios, importance=importance_by_name(cfg.method),
+                                  round_to=cfg.round_to or None, ignored_layers=cfg.ignore)
+    model.zero_grad(set_to_none=True)
+    # MACs where the model will run: the bench size, with the ImageNet stem if asked
+    side = int(cfg.bench_input_size or meta.input_size[-1])
+    twin = imagenet_stem_twin(model, meta)[0] if cfg.bench_imagenet_stem else copy.deepcopy(model)
+    twin.eval()
+    shape = (int(meta.input_size[0]), side, side)
+    example = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    magnitude = importance_by_name("l1")  # which channels go does not change the MACs
+
+    def prune(m: nn.Module, ex: torch.Tensor, per_layer: dict[str, float]) -> None:
+        per_layer = {g: r for g, r in per_layer.items() if r > 0}
+        if per_layer:
+            prune_channels(m, ex, ratio=0.0, importance=magnitude, round_to=cfg.round_to or None,
+                           ignored_layers=cfg.ignore, ratio_per_layer=per_layer)
+
+    def count(m: nn.Module) -> float:
+        return float(count_macs(m, shape))
+
+    groups = list(dict.fromkeys(r.layer for r in rows))
+    job.log(f"MACs each group saves at {side}x{side} ...")
+    savings = group_savings(twin, example, groups, ratios, prune, count)
+    options = {g: [Option(r.ratio, r.drop, savings[(g, r.ratio)]) for r in rows if r.layer == g] for g in groups}
+    full = count(twin)
+    uniform = copy.deepcopy(twin)
+    prune_channels(uniform, example, ratio=ratio, importance=magnitude, round_to=cfg.round_to or None,
+                   ignored_layers=cfg.ignore)
+    target = full - count(uniform)
+    chosen: dict[str, float] = {}
+    want, got = target, 0.0
+    for _ in range(8):  # groups interact (shared projections): ask again for what is still missing
+        chosen = allocate_ratios(options, want, start=chosen)
+        trial = copy.deepcopy(twin)
+        prune(trial, example, chosen)
+        got = full - count(trial)
+        if got >= 0.99 * target or want >= sum(max(o.saved for o in opts) for opts in options.values()):
+            break
+        want += target - got
+    per_layer = {g: r for g, r in chosen.items() if r > 0}
+    job.log(f"per-layer ratios: {len(per_layer)} of {len(groups)} groups pruned, {got / 1e6:.1f}M of "
+            f"{full / 1e6:.1f}M MACs removed at {side}px (uniform {ratio:g}: {target / 1e6:.1f}M)")
+    record = {"ratios_tested": ratios, "split": split_name, "samples": len(split), "timing_side": side,
+              "imagenet_stem": cfg.bench_imagenet_stem, "macs_full": full, "macs_removed": got,
+              "macs_removed_uniform": target, "ratio_per_layer": per_layer,
+              "rows": [dict(r.to_dict(), macs_saved=savings[(r.layer, r.ratio)]) for r in rows]}
+    return per_layer, record
 
 
 def _eval_split(job: _Job):

@@ -15,6 +15,7 @@ from ..errors import UserError
 # Channel importance criteria (compress.prune.importance maps each name to a torch-pruning object).
 METHODS = ("l1", "l2", "bn", "taylor", "lamp")
 MODES = ("structured", "unstructured", "analyze")
+ALLOCATIONS = ("uniform", "sensitivity")
 
 _S, _U, _A = "structured (channel) pruning", "unstructured (weight) pruning", "sensitivity analysis"
 _F, _B = "fine-tuning and data", "report"
@@ -40,6 +41,11 @@ class PruneConfig(KDOptions):
     round_to: int = option(8, check=_at_least_0, group=_S, help="keep channel counts multiples of this (0: off)")
     ignore: list[str] = option(default_factory=list, repeat=True, metavar="LAYER", group=_S,
                                help="layer names never pruned (the classifier always is protected)")
+    allocate: str = option("uniform", choices=ALLOCATIONS, group=_S,
+                           help="how --ratio is spread: uniform (every group loses the ratio) or sensitivity (the "
+                                "analysis of --ratios on --analyze-samples validation images, then the groups "
+                                "losing least accuracy per MAC saved at the timing size (--bench-input-size, "
+                                "--bench-imagenet-stem) give more, until the uniform ratio's MACs are gone)")
     ratio_file: str | None = option(None, group=_S,
                                     help="JSON {layer: ratio} (from --analyze); other layers use --ratio")
     target_macs: float | None = option(None, parse=parse_count, check=(lambda v: v > 0, "must be > 0"), group=_S,
@@ -114,6 +120,10 @@ class PruneConfig(KDOptions):
             raise UserError("give --blocks (ranked on validation images) or --drop-block (named), not both")
         if targets and (self.ratio is not None or self.ratio_file):
             raise UserError(f"{targets[0]} searches the ratio itself; drop --ratio/--ratio-file")
+        if self.allocate != "uniform" and (self.ratio is None or self.ratio_file or self.global_pruning
+                                           or self.steps != 1):
+            raise UserError(f"--allocate {self.allocate} spreads --ratio over the layers itself: give --ratio, without "
+                            "--ratio-file, --global or --steps")
         if self.sparsity is not None and self.steps != 1:
             raise UserError("--steps is for structured pruning; --sparsity uses the AGP schedule over --finetune")
         if not (self.analyze or self.sparsity is not None or structured):
@@ -127,7 +137,8 @@ class PruneConfig(KDOptions):
     def needs_data(self) -> bool:
         """Whether the stage needs a data set (fine-tuning, the analysis, Taylor importance, ranking
         blocks for --blocks)."""
-        return self.analyze or self.finetune > 0 or self.method == "taylor" or self.blocks > 0
+        return (self.analyze or self.finetune > 0 or self.method == "taylor" or self.blocks > 0
+                or self.allocate != "uniform")
 
     def bench_size(self, model_side: int) -> int | None:
         """The latency input side, or ``None`` when latency is not measured."""
