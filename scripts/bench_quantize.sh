@@ -16,7 +16,10 @@
 #  3. the same graphs' ImageNet-stem twins (same weights and widths, stride-2 stem: the network as it
 #     runs on 224x224 photos; calibrated at 28x28 on the same images, the quantization recipe pinned
 #     to what step 1 chose), timed at 224x224.
-# Then k-means weight sharing, 4 bits, 2 epochs of centroid fine-tuning (distilled), on both models.
+# Then k-means weight sharing, 4 bits, 2 epochs of centroid fine-tuning (distilled), on both models,
+# with each handling of BatchNorm: folded with BN live while fine-tuning (--fold-bn, NAME.k4),
+# folded and frozen (--freeze-bn, NAME.k4fz), raw weights (--no-fold-bn, NAME.k4raw; the default for
+# models without pruned zero weights, like these two); KMEANS_ONLY=k4fz runs one of them.
 set -euo pipefail
 OUT="${1:-runs/bench_quantize}"
 BIN="${BIN:-.venv/bin}"
@@ -85,7 +88,12 @@ done
 [ "$KMEANS" = 1 ] || exit 0
 for name in base pruned; do
   src="$BASE"; [ "$name" = pruned ] && src="$PRUNED"
-  s=$(date +%s)
-  "$BIN/compress" quantize "$src" --kmeans-bits 4 -o "$OUT/$name.k4.safetensors" | tee "$OUT/$name.k4.txt"
-  echo "$name: k-means 4 bits + 2 epochs: $(( $(date +%s) - s )) s" | tee -a "$OUT/times.txt"
+  for variant in k4:--fold-bn k4fz:--freeze-bn k4raw:--no-fold-bn; do
+    suffix="${variant%%:*}"; flags="${variant#*:}"
+    [ -z "${KMEANS_ONLY:-}" ] || [ "$KMEANS_ONLY" = "$suffix" ] || continue
+    s=$(date +%s)
+    # shellcheck disable=SC2086
+    "$BIN/compress" quantize "$src" --kmeans-bits 4 $flags -o "$OUT/$name.$suffix.safetensors" | tee "$OUT/$name.$suffix.txt"
+    echo "$name: k-means 4 bits ($suffix) + 2 epochs: $(( $(date +%s) - s )) s" | tee -a "$OUT/times.txt"
+  done
 done

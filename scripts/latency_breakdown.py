@@ -4,10 +4,12 @@ run (README, "Fashion-MNIST").
 
     .venv/bin/python scripts/latency_breakdown.py BEFORE.safetensors AFTER.safetensors \\
         [--size 224] [--imagenet-stem] [--runs 200] [--threads 2]
+    .venv/bin/python scripts/latency_breakdown.py fp32.onnx int8.onnx --size 224
 
-Both models are exported to ONNX (the pruned widths with the ImageNet stem when --imagenet-stem,
-as `compress prune --bench-imagenet-stem` times them), then run alternately, batch 1, with ORT's
-profiler on; each node's kernel time is averaged over the runs and summed by kind.
+Artifacts are exported to ONNX (the pruned widths with the ImageNet stem when --imagenet-stem,
+as `compress prune --bench-imagenet-stem` times them); ONNX files (INT8 ones too) are run as they
+are. Both run in turns of 10 runs, batch 1, threads spinning within a run (as `compress bench`),
+with ORT's profiler on; each node's kernel time is averaged over the runs and summed by kind.
 """
 from __future__ import annotations
 
@@ -29,18 +31,22 @@ def kind_and_macs(args: dict) -> tuple[str, int]:
     op = args.get("op_name", "?")
     shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
     out = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
-    if op in ("Conv", "FusedConv", "NhwcFusedConv") and len(shapes) > 1 and len(shapes[1]) == 4 and out:
-        w = shapes[1]
-        macs = int(np.prod(w)) * int(out[0][2]) * int(out[0][3])
+    # the weight: input 1 of a float conv; of QLinearConv (x, x_scale, x_zero_point, w, ...) the 4-D one after x
+    w_at = next((i for i, t in enumerate(shapes) if i > 0 and len(t) == 4), None) if op == "QLinearConv" else 1
+    if op in ("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv") and w_at is not None and len(shapes) > w_at and \
+            len(shapes[w_at]) == 4 and out:
+        w, o = shapes[w_at], out[0]
+        hw = (o[1], o[2]) if o[-1] == w[0] and o[1] != w[0] else (o[2], o[3])  # NHWC (int8 kernels) or NCHW
+        macs = int(np.prod(w)) * int(hw[0]) * int(hw[1])
         kind = "depthwise conv" if w[1] == 1 and w[2] > 1 else \
             ("pointwise (1x1) conv" if w[2:] == [1, 1] else "full conv (stem)")
         return kind, macs
-    if op in ("Gemm", "FusedGemm", "MatMul") and len(shapes) > 1:
-        return "classifier (Gemm)", int(np.prod(shapes[1]))
+    if op in ("Gemm", "FusedGemm", "MatMul", "QGemm") and len(shapes) > 1:
+        return "classifier (Gemm)", int(np.prod(shapes[3 if op == "QGemm" else 1]))
     return f"other: {op}", 0
 
 
-def profile(paths: list[Path], size: int, runs: int, threads: int) -> list[dict]:
+def profile(paths: list[Path], size: int, runs: int, threads: int, workdir: Path) -> list[dict]:
     """Per model: {kind: [mean kernel µs per run, MACs per image, nodes]} and the end-to-end
     median ms (key ``wall_ms``), the models run alternately with ORT's profiler on."""
     import time
@@ -48,22 +54,24 @@ def profile(paths: list[Path], size: int, runs: int, threads: int) -> list[dict]
     import onnxruntime as ort
 
     sessions = []
-    for p in paths:
+    for k, p in enumerate(paths):
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.enable_profiling = True
-        so.profile_file_prefix = str(p.with_suffix(""))
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.profile_file_prefix = str(workdir / f"profile{k}")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         sessions.append(ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]))
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    warmup = 20
+    warmup, block = 20, 10
     walls: list[list[float]] = [[] for _ in paths]
-    for i in range(runs + warmup):
+    for i in range(0, runs + warmup, block):
         for k, s in enumerate(sessions):
-            t = time.perf_counter()
-            s.run(None, {s.get_inputs()[0].name: x})
-            if i >= warmup:
-                walls[k].append((time.perf_counter() - t) * 1e3)
+            for j in range(i, min(i + block, runs + warmup)):
+                t = time.perf_counter()
+                s.run(None, {s.get_inputs()[0].name: x})
+                if j >= warmup:
+                    walls[k].append((time.perf_counter() - t) * 1e3)
     result = []
     for k, s in enumerate(sessions):
         events = [e for e in json.loads(Path(s.end_profiling()).read_text())
@@ -95,12 +103,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="breakdown-") as tmp:
         paths = []
         for name, src in (("before", a.before), ("after", a.after)):
+            if src.endswith(".onnx"):
+                paths.append(Path(src))
+                continue
             model, meta = load_model(src)
             if a.imagenet_stem:
                 model, meta = imagenet_stem_twin(model, meta)
             paths.append(export_for_timing(model.eval(), meta, a.size, Path(tmp) / f"{name}.onnx"))
         plain = time_onnx_interleaved(paths, a.size, batch=1, threads=a.threads, runs=a.runs)
-        profiles = profile(paths, a.size, a.runs, a.threads)
+        profiles = profile(paths, a.size, a.runs, a.threads, Path(tmp))
     kinds = sorted(set(profiles[0]["kinds"]) | set(profiles[1]["kinds"]),
                    key=lambda k: -profiles[0]["kinds"].get(k, [0])[0])
     zero = [0.0, 0, 0]

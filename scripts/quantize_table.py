@@ -4,7 +4,9 @@
 
 One table per model (base, pruned): every variant of the training-size bench (PREFIX-28.json: size,
 test top-1 on the 10,000 images, agreement with fp32, batch 1 and 8 latency) next to the same file's
-ImageNet-stem twin at 224x224 (PREFIX-224.json, latency only); then k-means (PREFIX.k4.safetensors.json).
+ImageNet-stem twin at 224x224 (PREFIX-224.json, latency only); then k-means, one row per BatchNorm
+handling the script ran (PREFIX.k4.safetensors.json: folded, BN live while fine-tuning, --fold-bn;
+PREFIX.k4fz: folded and frozen, --freeze-bn; PREFIX.k4raw: raw weights, --no-fold-bn).
 """
 from __future__ import annotations
 
@@ -49,13 +51,17 @@ def table(folder: Path, prefix: str) -> str:
     return "\n".join(rows)
 
 
-def kmeans(folder: Path, prefix: str) -> str | None:
-    path = folder / f"{prefix}.k4.safetensors.json"
+KMEANS = {"k4": "folded, BN live (`--fold-bn`)", "k4fz": "folded, BN frozen (`--freeze-bn`)",
+          "k4raw": "raw weights (`--no-fold-bn`; the default for a model without pruned weights)"}
+
+
+def kmeans(folder: Path, prefix: str, suffix: str) -> str | None:
+    path = folder / f"{prefix}.{suffix}.safetensors.json"
     if not path.exists():
         return None
     r = json.loads(path.read_text())
     acc, st = r["accuracy"], r["storage"]
-    return (f"| {prefix} | {100 * acc['before']['test']:.2f}% | {100 * acc['kmeans']['test']:.2f}% | "
+    return (f"| {prefix} | {KMEANS[suffix]} | {100 * acc['before']['test']:.2f}% | {100 * acc['kmeans']['test']:.2f}% | "
             f"{100 * acc['finetuned']['test']:.2f}% | {100 * (acc['finetuned']['test'] - acc['before']['test']):+.2f} pt | "
             f"{st['shared_layers_ratio']:.2f}x | {st['model_ratio']:.2f}x | {r['seconds']:.0f} s |")
 
@@ -66,10 +72,10 @@ def main() -> None:
     for prefix in ("base", "pruned"):
         if (folder / f"{prefix}-28.json").exists():
             print(f"### {prefix}\n\n{table(folder, prefix)}\n")
-        rows.append(kmeans(folder, prefix))
+        rows += [kmeans(folder, prefix, suffix) for suffix in KMEANS]
     if any(rows):
-        print("| k-means 4 bits | test top-1 before | shared | shared + fine-tuned | change | shared layers "
-              "vs fp32 | whole model | wall time |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| k-means 4 bits | BatchNorm | test top-1 before | shared | shared + fine-tuned | change | shared layers "
+              "vs fp32 | whole model | wall time |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(r for r in rows if r))
 
 

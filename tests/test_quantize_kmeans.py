@@ -326,3 +326,25 @@ def test_report_groups_many_layers_by_kind_and_bits():
     assert rows[("conv", 5)]["zeros"] == sum(i % 3 for i in range(12))
     assert rows[("conv", 5)]["values"] == "<= 13" and rows[("fc", 4)]["values"] == "<= 14"
     assert rows[("fc", 4)]["layer"] == "1 fc layers"
+
+
+@pytest.mark.parametrize("fold_bn, freeze_bn, sparse, folds", [
+    (None, False, False, False),  # default on a dense model: raw weights
+    (None, False, True, True),    # default on a pruned one: folded
+    (None, True, False, True),    # --freeze-bn folds whatever the model
+    (True, False, False, True),
+    (False, False, True, False),
+])
+def test_batchnorm_folding_default_follows_the_share_of_pruned_weights(pruned, tmp_path, fold_bn, freeze_bn, sparse,
+                                                                        folds):
+    from compress.quantize.kmeans import AUTO_FOLD_ZEROS, zero_share
+
+    src = pruned
+    if not sparse:
+        model = tiny_model()
+        src = save_model(model, tmp_path / "dense.safetensors", ModelMeta.for_model(model, input_size=[3, 16, 16]))
+    assert (zero_share(load_model(src)[0]) >= AUTO_FOLD_ZEROS) == sparse
+    cfg = QuantizeConfig(kmeans_bits=4, finetune=0, fold_bn=fold_bn, freeze_bn=freeze_bn)
+    result = kmeans_artifact(src, tmp_path / "k.safetensors", cfg)
+    assert (result.params["folded_bn"] > 0) == folds
+    assert result.params["frozen_bn"] == (folds and freeze_bn)

@@ -111,14 +111,17 @@ class QuantizeConfig(KDOptions):
     min_weights: int = option(0, check=_at_least_0, group=_K,
                               help="leave layers with fewer weights than this unshared (0 = share every "
                                    "conv/linear layer)")
-    fold_bn: bool = option(True, group=_K,
-                           help="cluster each convolution's weights as folded with the BatchNorm after it (one "
-                                "codebook on the scale of the layer's output; fine-tuning keeps the BN live; "
-                                "the saved BN becomes a per-channel factor + bias); --no-fold-bn clusters the "
-                                "raw weights, which fails on pruned layers whose channels differ 100x in scale "
-                                "(README, Huffman)")
+    fold_bn: bool | None = option(None, group=_K,
+                                  help="cluster each convolution's weights as folded with the BatchNorm after it "
+                                       "(one codebook on the scale of the layer's output; fine-tuning keeps the BN "
+                                       "live; the saved BN becomes a per-channel factor + bias) or, --no-fold-bn, "
+                                       "the raw weights. Default: fold only a model with pruned (zero) weights, "
+                                       "where raw clustering fails on channels differing 100x in scale; on the "
+                                       "dense Fashion-MNIST MobileNetV2 raw weights kept +0.16 points, folded "
+                                       "-1.91 (README, Quantization)")
     freeze_bn: bool = option(False, group=_K,
-                             help="with --fold-bn: fold the BatchNorms into the convolutions before clustering "
+                             help="fold the BatchNorms into the convolutions before clustering (implies "
+                                  "--fold-bn) "
                                   "and keep them frozen (identity + bias) while the centroids fine-tune, instead "
                                   "of training with live BatchNorm (measured: better on an 85%%-sparse "
                                   "MobileNetV2, 91.54%% vs 90.83%%; less stable at the default --lr on a "

@@ -212,6 +212,19 @@ def update_counts(model: nn.Module, rows: list[SharedLayer]) -> None:
         row.values, row.zeros = int(torch.unique(w).numel()), int((w == 0).sum())
 
 
+AUTO_FOLD_ZEROS = 0.05  # share of zero weights from which the default folds the BatchNorms
+
+
+def zero_share(model: nn.Module) -> float:
+    """Share of exactly-zero weights over every conv and linear layer (pruned models have many)."""
+    zeros = total = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            zeros += int((m.weight == 0).sum())
+            total += m.weight.numel()
+    return zeros / total if total else 0.0
+
+
 def fold_factors_now(model: nn.Module, pairs) -> dict[str, torch.Tensor]:
     """{conv name: s} of the Conv→BN ``pairs`` under the BNs' current statistics (float32)."""
     from ..fold import fold_factors
@@ -377,12 +390,18 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
         accuracy["before"] = measure_splits(model, bundle, meta.task, splits)
     criterion = _criterion(cfg, model, meta, bundle, model_path) if bundle is not None else None
     folded, frozen = [], []
-    if cfg.fold_bn and cfg.freeze_bn:
+    fold = cfg.fold_bn
+    if fold is None:  # auto: fold a pruned model (or when asked to freeze the folded BN)
+        share = zero_share(model)
+        fold = cfg.freeze_bn or share >= AUTO_FOLD_ZEROS
+        log(f"BatchNorm folding {'on' if fold else 'off'}: {100 * share:.0f}% of the conv/linear weights are zero"
+            + (" (--freeze-bn)" if cfg.freeze_bn else "") + "; --fold-bn/--no-fold-bn to choose")
+    if fold and cfg.freeze_bn:
         from ..fold import fold_in_place
 
         frozen = fold_in_place(model)
         log(f"folded {len(frozen)} BatchNorm layer(s) into their convolutions (frozen while fine-tuning)")
-    elif cfg.fold_bn:
+    elif fold:
         from ..fold import conv_bn_pairs
 
         folded = conv_bn_pairs(model)
