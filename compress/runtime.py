@@ -126,10 +126,10 @@ def measure_interleaved(runners: Sequence[Callable[[], Any]], *, warmup: int = D
 
     ``block_s > 0``: in each round a runner gets a *block* of consecutive timed calls lasting
     about ``block_s`` seconds (sized from its last warm-up call, 1 to :data:`MAX_BLOCK`; a lone
-    runner needs no blocks), after one untimed call that re-warms caches and threads. Strict alternation times every call cold: on a
-    2-core EPYC an INT8 MobileNetV2-224 took 2.8-3.0 ms one call at a time against 2.3-2.8 ms in
-    blocks of 10, its fp32 original 4.9-6.8 against 4.8-5.5 ms, i.e. alternation halves a 2x
-    speed-up's visible part. Drift still hits every runner alike at the scale of a round."""
+    runner needs no blocks), after one untimed call that re-warms caches and threads. Strict
+    alternation times every call cold: on a 2-core EPYC an INT8 MobileNetV2-224 took 2.8-3.0 ms
+    one call at a time against 2.3-2.8 ms in blocks of 10, its fp32 original 4.9-6.8 against
+    4.8-5.5 ms. Drift still hits every runner alike at the scale of a round."""
     if not runners:
         return []
     if min_runs < 1 or max_runs < min_runs:

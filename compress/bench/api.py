@@ -2,7 +2,8 @@
 
 For every cell (batch size x thread count) each variant is warmed up, then all variants are timed
 interleaved in blocks of about ``block_ms`` (:func:`compress.runtime.measure_interleaved`) until
-the time budget is spent and every variant has at least ``min_runs`` timings. Ratios are to the first variant (the baseline).
+the time budget is spent and every variant has at least ``min_runs`` timings. Ratios are to the
+first variant (the baseline).
 Latency is the wall-clock time of one forward pass of a batch (ms); throughput is images per
 second at the median latency; achieved GMAC/s = MACs per image x batch / median latency.
 With ``peers``, every ONNX file is also run by each peer runtime (:mod:`compress.bench.peers`),
