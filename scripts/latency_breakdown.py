@@ -10,6 +10,8 @@ Artifacts are exported to ONNX (the pruned widths with the ImageNet stem when --
 as `compress prune --bench-imagenet-stem` times them); ONNX files (INT8 ones too) are run as they
 are. Both run in turns of 10 runs, batch 1, threads spinning within a run (as `compress bench`),
 with ORT's profiler on; each node's kernel time is averaged over the runs and summed by kind.
+ORT's profile gives no weight shape for QLinearConv (its weights are prepacked), so INT8
+convolutions show as one kind, "other: QLinearConv", without MACs.
 """
 from __future__ import annotations
 
