@@ -80,14 +80,14 @@ def test_every_conv_batchnorm_pair_is_found():
 
 
 def test_kmeans_clusters_folded_weights_and_keeps_the_function(base, tmp_path):
-    """quantize --kmeans-bits with --fold-bn (the default): the saved conv weights are one
+    """quantize --kmeans-bits with --fold-bn (the default for pruned models): the saved conv weights are one
     codebook in the BatchNorm-folded domain, the BN a per-channel factor + bias (mean 0, var
     1 - eps), and with 8 bits the network still computes nearly what the input computed."""
     from compress.quantize.config import QuantizeConfig
     from compress.quantize.kmeans import kmeans_artifact
 
     out = tmp_path / "k8.safetensors"
-    kmeans_artifact(base, out, QuantizeConfig(kmeans_bits=8, finetune=0, test=False))
+    kmeans_artifact(base, out, QuantizeConfig(kmeans_bits=8, finetune=0, test=False, fold_bn=True))
     model, meta = load_model(base)
     shared, _ = load_model(out)
     pairs = conv_bn_pairs(model)
