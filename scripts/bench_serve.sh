@@ -13,16 +13,22 @@
 #
 # HTTP overhead at concurrency 1: on a shared machine the load changes from second to second, so
 # the baseline and the servers are interleaved finely — rounds of BLOCK1 seconds (0.1) per job, the
-# jobs of a round in a rotating order, until each job has had SECONDS1 (15) — and each job's
-# latencies are pooled. Jobs: the in-process baseline (the service's own decode + preprocess + ORT
-# code, no HTTP; 2 ORT threads, and 1 thread as the baseline of 2x1t) and every server under two
-# clients: the raw client of `compress loadtest --client raw` (one blocking keep-alive socket:
-# what is left is the server's cost) and the aiohttp client of `compress loadtest` (adds its own
-# 0.2-0.4 ms). A bare uvicorn app answering a constant of the service's answer size gives the
-# floor under each client: loopback, kernel, client and uvicorn's HTTP parsing. Overhead = HTTP
-# p50 - in-process p50 (same ORT threads); its spread is the range over five consecutive fifths
-# of the run. When wrk is installed (apt-get install wrk) it cross-checks the raw client: 1 s of
-# wrk -t1 -c1 then 1 s of the raw client per server, three times.
+# jobs of a round in a new random order (seeded), until each job has had SECONDS1 (15) — and each
+# job's latencies are pooled. Every block starts with LEAD1 seconds (0.05) of requests that are
+# not pooled but kept apart ("after a switch"): on this VM a 2-thread server's first requests after
+# other work run slower for about 50 ms (the guest kernel, booted with sched_vcpu_pack, apparently
+# packs threads onto one vCPU until it sees both busy), and the rotating order used before, which
+# always ran the first server right after the 1-thread in-process job, put that on the first
+# server alone (+0.7 ms on its p50).
+# Jobs: the in-process baseline (the service's own decode + preprocess + ORT code, no HTTP; 2 ORT
+# threads, and 1 thread as the baseline of 2x1t) and every server under two clients: the raw
+# client of `compress loadtest --client raw` (one blocking keep-alive socket: what is left is the
+# server's cost) and the aiohttp client of `compress loadtest` (adds its own 0.2-0.4 ms). A bare
+# uvicorn app answering a constant of the service's answer size gives the floor under each
+# client: loopback, kernel, client and uvicorn's HTTP parsing. Overhead = HTTP p50 - in-process
+# p50 (same ORT threads); its spread is the range over five consecutive fifths of the run. When
+# wrk is installed (apt-get install wrk) it cross-checks the raw client: 1 s of wrk -t1 -c1 then
+# 1 s of the raw client per server, three times.
 #
 # Throughput at the other levels (4, 16): rounds interleave in-process (N threads calling one
 # 2-thread session) and each server under the aiohttp client for SECONDS. Server RSS (every
@@ -30,7 +36,7 @@
 # last round. The share of ONNX Runtime calls each server ran inline on its event loop thread (a
 # lone request on an idle server, see serve/batching.py) is read from its /metrics around each level.
 # Environment: SECONDS_PER_CELL (default 5), ROUNDS (2), LEVELS (1,4,16), SECONDS1 (15), BLOCK1
-# (0.1), WRK (the wrk binary, default from PATH; WRK= skips it), BIN (.venv/bin), MODELS
+# (0.1), LEAD1 (0.05), WRK (the wrk binary, default from PATH; WRK= skips it), BIN (.venv/bin), MODELS
 # (digits,imagenet224), SETUPS (JSON {name: [server args]} instead of the three above, for A/B runs,
 # e.g. '{"2t": ["--threads", "2"], "2t no inline": ["--threads", "2", "--inline-max-ms", "0"]}').
 set -euo pipefail
@@ -74,6 +80,7 @@ import io
 import json
 import os
 import platform
+import random
 import re
 import socket
 import subprocess
@@ -96,6 +103,7 @@ SECONDS = float(os.environ.get("SECONDS_PER_CELL", 5))
 ROUNDS = int(os.environ.get("ROUNDS", 2))
 SECONDS1 = float(os.environ.get("SECONDS1", 15))
 BLOCK1 = float(os.environ.get("BLOCK1", 0.1))
+LEAD1 = float(os.environ.get("LEAD1", 0.05))
 LEVELS = [int(v) for v in os.environ.get("LEVELS", "1,4,16").split(",")]
 CONFIGS = json.loads(os.environ.get("SETUPS") or "null") or {
     "2t": ["--threads", "2"], "2t+mb": ["--threads", "2", "--max-batch", "8", "--max-wait-ms", "2"],
@@ -256,7 +264,8 @@ def wrk_level(url: str, body_path: Path, ctype: str, seconds: float) -> dict:
 
 
 def concurrency_1(models: dict[str, Model], data: bytes, ctype: str, urls: dict[str, str]) -> dict:
-    """Every (setup, client) job and the in-process baselines, interleaved in blocks of BLOCK1 s."""
+    """Every (setup, client) job and the in-process baselines, interleaved in blocks of BLOCK1 s
+    (each after LEAD1 s kept apart), in a new random order every round."""
     import aiohttp
 
     loop = asyncio.new_event_loop()
@@ -270,7 +279,9 @@ def concurrency_1(models: dict[str, Model], data: bytes, ctype: str, urls: dict[
     sessions = {s: loop.run_until_complete(session()) for s in urls}
     jobs = [(s, None) for s in models] + [(s, c) for s in urls for c in CLIENTS]
     tallies = {job: [Tally() for _ in range(5)] for job in jobs}  # per fifth of the run
+    lead_in = {job: Tally() for job in jobs}  # the first LEAD1 s of every block
     spent = {job: 0.0 for job in jobs}
+    order = random.Random(0)
     rounds = max(5, round(SECONDS1 / BLOCK1))
 
     def in_process_block(model, tally, until):
@@ -308,6 +319,15 @@ def concurrency_1(models: dict[str, Model], data: bytes, ctype: str, urls: dict[
             if time.perf_counter() >= until:
                 return
 
+    def block(job, tally, until):
+        setup, client = job
+        if client is None:
+            in_process_block(models[setup], tally, until)
+        elif client == "raw":
+            raw_block(setup, tally, until)
+        else:
+            loop.run_until_complete(aiohttp_block(setup, tally, until))
+
     try:
         for model in models.values():
             for _ in range(20):
@@ -321,16 +341,12 @@ def concurrency_1(models: dict[str, Model], data: bytes, ctype: str, urls: dict[
                     loop.run_until_complete(aiohttp_block(setup, Tally(), 0))
         for r in range(rounds):
             fifth = r * 5 // rounds
-            for setup, client in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
-                tally = tallies[(setup, client)][fifth]
+            for job in order.sample(jobs, len(jobs)):
+                if LEAD1 > 0:
+                    block(job, lead_in[job], time.perf_counter() + LEAD1)
                 t0 = time.perf_counter()
-                if client is None:
-                    in_process_block(models[setup], tally, t0 + BLOCK1)
-                elif client == "raw":
-                    raw_block(setup, tally, t0 + BLOCK1)
-                else:
-                    loop.run_until_complete(aiohttp_block(setup, tally, t0 + BLOCK1))
-                spent[(setup, client)] += time.perf_counter() - t0
+                block(job, tallies[job][fifth], t0 + BLOCK1)
+                spent[job] += time.perf_counter() - t0
             if (r + 1) % max(1, rounds // 5) == 0:
                 print(f"  concurrency 1: {r + 1}/{rounds} rounds", flush=True)
     finally:
@@ -353,6 +369,10 @@ def concurrency_1(models: dict[str, Model], data: bytes, ctype: str, urls: dict[
                 whole.batch_sizes[k] = whole.batch_sizes.get(k, 0) + v
         cell = whole.result(1, spent[job]).to_dict()
         cell["fifths_p50_ms"] = [float(np.percentile(p.client_ms, 50)) if p.client_ms else None for p in parts]
+        lead = lead_in[job]
+        cell["after_switch"] = {"requests": len(lead.client_ms) + sum(lead.kinds.values()),
+                                "errors": sum(lead.kinds.values()),
+                                "p50_ms": float(np.percentile(lead.client_ms, 50)) if lead.client_ms else None}
         result[job] = cell
     return result
 
@@ -390,7 +410,8 @@ def merge(runs):  # rounds of one cell: sum counts, median of the per-round perc
 report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                       "load_average_start": os.getloadavg()},
           "seconds_per_cell": SECONDS, "rounds": ROUNDS, "levels": LEVELS, "configs": CONFIGS,
-          "concurrency_1": {"seconds_per_job": SECONDS1, "block_s": BLOCK1, "clients": CLIENTS}, "models": {}}
+          "concurrency_1": {"seconds_per_job": SECONDS1, "block_s": BLOCK1, "lead_in_s": LEAD1,
+                            "order": "random, seed 0", "clients": CLIENTS}, "models": {}}
 for name, onnx in [(n, o) for n, o in (("digits", digits_onnx), ("imagenet224", imagenet_onnx)) if n in MODELS]:
     data, ctype = images()[name]
     body_path = out / f"bench_body_{name}"
@@ -471,12 +492,13 @@ for name, m in report["models"].items():
     lines += [f"**{name}** ({m['content_type']}, {m['image_bytes']:,} bytes; ORT alone, batch 1, 2 threads: "
               f"{m['ort_only_p50_ms_2_threads']:.2f} ms p50)", ""]
     if 1 in LEVELS:
-        lines += [f"HTTP overhead at concurrency 1 ({SECONDS1:g} s per job in interleaved blocks of {BLOCK1:g} s; "
-                  "overhead = HTTP p50 − in-process p50 with the same ORT threads, and its range over the five "
-                  "fifths of the run):", "",
+        lines += [f"HTTP overhead at concurrency 1 ({SECONDS1:g} s per job in interleaved blocks of {BLOCK1:g} s in a "
+                  f"new random order every round, each block after {LEAD1:g} s of requests kept apart as \"after a "
+                  "switch\"; overhead = HTTP p50 − in-process p50 with the same ORT threads, and its range over "
+                  "the five fifths of the run):", "",
                   "| setup | client | p50 ms | p99 ms | in-process p50 ms | overhead p50 ms | over the fifths "
-                  "| server total p50 ms | client − server p50 ms | requests |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| server total p50 ms | client − server p50 ms | requests | after a switch p50 ms |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for setup in [*CONFIGS, "bare uvicorn"]:
             for client in CLIENTS:
                 cell, base = cells[f"{setup}/{client}@1"], BASELINE.get(setup)
@@ -485,10 +507,14 @@ for name, m in report["models"].items():
                 lines.append(f"| {setup} | {client} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | "
                              f"{fmt(cells[base + '@1']['p50_ms'] if base else None)} | "
                              f"{fmt(o['p50_minus_in_process_ms'] if o else None)} | {spread} | "
-                             f"{fmt(cell['server_p50_ms'])} | {fmt(cell['overhead_p50_ms'])} | {cell['requests']:,} |")
+                             f"{fmt(cell['server_p50_ms'])} | {fmt(cell['overhead_p50_ms'])} | {cell['requests']:,} | "
+                             f"{fmt(cell['rounds'][0]['after_switch']['p50_ms'])} |")
                 if setup in CONFIGS:
-                    total_requests += cell["requests"]
-                    total_errors += cell["errors"]
+                    total_requests += cell["requests"] + cell["rounds"][0]["after_switch"]["requests"]
+                    total_errors += cell["errors"] + cell["rounds"][0]["after_switch"]["errors"]
+        after = {b: cells[f"{b}@1"]["rounds"][0]["after_switch"]["p50_ms"] for b in sorted(set(BASELINE.values()))}
+        lines += ["", "After a switch, in-process p50 ms: "
+                  + ", ".join(f"{b} {fmt(v)}" for b, v in after.items()) + "."]
         if m["wrk_cross_check_p50_ms"]:
             lines += ["", "wrk -t1 -c1 vs the raw client, p50 ms (1 s each, alternating, median of 3): " + ", ".join(
                 f"{s} {v['wrk']:.2f} vs {v['raw']:.2f}" for s, v in m["wrk_cross_check_p50_ms"].items()) + "."]
