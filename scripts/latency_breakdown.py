@@ -10,8 +10,8 @@ Artifacts are exported to ONNX (the pruned widths with the ImageNet stem when --
 as `compress prune --bench-imagenet-stem` times them); ONNX files (INT8 ones too) are run as they
 are. Both run in turns of 10 runs, batch 1, threads spinning within a run (as `compress bench`),
 with ORT's profiler on; each node's kernel time is averaged over the runs and summed by kind.
-ORT's profile gives no weight shape for QLinearConv (its weights are prepacked), so INT8
-convolutions show as one kind, "other: QLinearConv", without MACs.
+ORT's profile gives no weight shapes for INT8 kernels (their weights are prepacked), so INT8
+convolutions show as one kind, "other: QLinearConv", and QGemm as the classifier, without MACs.
 """
 from __future__ import annotations
 
@@ -33,18 +33,16 @@ def kind_and_macs(args: dict) -> tuple[str, int]:
     op = args.get("op_name", "?")
     shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
     out = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
-    # the weight: input 1 of a float conv; of QLinearConv (x, x_scale, x_zero_point, w, ...) the 4-D one after x
-    w_at = next((i for i, t in enumerate(shapes) if i > 0 and len(t) == 4), None) if op == "QLinearConv" else 1
-    if op in ("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv") and w_at is not None and len(shapes) > w_at and \
-            len(shapes[w_at]) == 4 and out:
-        w, o = shapes[w_at], out[0]
-        hw = (o[1], o[2]) if o[-1] == w[0] and o[1] != w[0] else (o[2], o[3])  # NHWC (int8 kernels) or NCHW
-        macs = int(np.prod(w)) * int(hw[0]) * int(hw[1])
+    if op in ("Conv", "FusedConv", "NhwcFusedConv") and len(shapes) > 1 and len(shapes[1]) == 4 and out:
+        w = shapes[1]
+        macs = int(np.prod(w)) * int(out[0][2]) * int(out[0][3])
         kind = "depthwise conv" if w[1] == 1 and w[2] > 1 else \
             ("pointwise (1x1) conv" if w[2:] == [1, 1] else "full conv (stem)")
         return kind, macs
-    if op in ("Gemm", "FusedGemm", "MatMul", "QGemm") and len(shapes) > 1:
-        return "classifier (Gemm)", int(np.prod(shapes[3 if op == "QGemm" else 1]))
+    if op in ("Gemm", "FusedGemm", "MatMul") and len(shapes) > 1:
+        return "classifier (Gemm)", int(np.prod(shapes[1]))
+    if op == "QGemm":  # prepacked weights: no shape in the profile, so no MACs
+        return "classifier (Gemm)", 0
     return f"other: {op}", 0
 
 

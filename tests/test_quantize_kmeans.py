@@ -337,13 +337,14 @@ def test_report_groups_many_layers_by_kind_and_bits():
 ])
 def test_batchnorm_folding_default_follows_the_share_of_pruned_weights(pruned, tmp_path, fold_bn, freeze_bn, sparse,
                                                                         folds):
-    from compress.quantize.kmeans import AUTO_FOLD_ZEROS, zero_share
+    from compress.prune.unstructured import sparsity_report
+    from compress.quantize.kmeans import AUTO_FOLD_ZEROS
 
     src = pruned
     if not sparse:
         model = tiny_model()
         src = save_model(model, tmp_path / "dense.safetensors", ModelMeta.for_model(model, input_size=[3, 16, 16]))
-    assert (zero_share(load_model(src)[0]) >= AUTO_FOLD_ZEROS) == sparse
+    assert (sparsity_report(load_model(src)[0])["global"] >= AUTO_FOLD_ZEROS) == sparse
     cfg = QuantizeConfig(kmeans_bits=4, finetune=0, fold_bn=fold_bn, freeze_bn=freeze_bn)
     result = kmeans_artifact(src, tmp_path / "k.safetensors", cfg)
     assert (result.params["folded_bn"] > 0) == folds

@@ -71,8 +71,7 @@ def allocate_ratios(options: Mapping[str, Sequence[Option]], target: float, *, m
         changed = False
         for g in sorted(options, key=lambda g: -current(g).drop):
             now = current(g)
-            lower = [o for o in [Option(floor[g], option_at(g, floor[g]).drop, option_at(g, floor[g]).saved),
-                                 *options[g]]
+            lower = [o for o in [option_at(g, floor[g]), *options[g]]
                      if floor[g] <= o.ratio < now.ratio and saved() - now.saved + o.saved >= target]
             if lower:
                 pick = min(lower, key=lambda o: (o.drop, -o.saved))

@@ -212,17 +212,7 @@ def update_counts(model: nn.Module, rows: list[SharedLayer]) -> None:
         row.values, row.zeros = int(torch.unique(w).numel()), int((w == 0).sum())
 
 
-AUTO_FOLD_ZEROS = 0.05  # share of zero weights from which the default folds the BatchNorms
-
-
-def zero_share(model: nn.Module) -> float:
-    """Share of exactly-zero weights over every conv and linear layer (pruned models have many)."""
-    zeros = total = 0
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            zeros += int((m.weight == 0).sum())
-            total += m.weight.numel()
-    return zeros / total if total else 0.0
+AUTO_FOLD_ZEROS = 0.05  # share of zero weights (prune's "global" sparsity) from which the default folds the BNs
 
 
 def fold_factors_now(model: nn.Module, pairs) -> dict[str, torch.Tensor]:
@@ -392,9 +382,12 @@ def kmeans_artifact(model_path: str | os.PathLike, output: str | os.PathLike, co
     folded, frozen = [], []
     fold = cfg.fold_bn
     if fold is None:  # auto: fold a pruned model (or when asked to freeze the folded BN)
-        share = zero_share(model)
+        from ..prune.unstructured import sparsity_report
+
+        share = sparsity_report(model)["global"]
         fold = cfg.freeze_bn or share >= AUTO_FOLD_ZEROS
-        log(f"BatchNorm folding {'on' if fold else 'off'}: {100 * share:.0f}% of the conv/linear weights are zero"
+        log(f"BatchNorm folding {'on' if fold else 'off'}: {100 * share:.0f}% of the prunable conv/linear weights "
+            "are zero"
             + (" (--freeze-bn)" if cfg.freeze_bn else "") + "; --fold-bn/--no-fold-bn to choose")
     if fold and cfg.freeze_bn:
         from ..fold import fold_in_place
