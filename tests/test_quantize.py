@@ -88,8 +88,9 @@ def test_search_writes_the_fastest_candidate_at_or_above_the_threshold(digits_on
         stats = real_time(paths[:1], size, batch=1, threads=1, budget_s=0.0)
         out = [stats[0]]
         for p in paths[1:]:
-            idx = int(Path(p).stem.split("-")[1])
-            out.append(type(stats[0]).from_seconds([planted.get(order[idx], 5.0) / 1000], 1, 1))
+            idx = int(Path(p).stem.split("-")[1])  # cand-N; N >= len(order): the mixed step's copies
+            out.append(type(stats[0]).from_seconds([planted.get(order[idx] if idx < len(order) else None, 5.0)
+                                                    / 1000], 1, 1))
         return out
 
     order = [c.structure() for c in int8.structures(("qdq", "qoperator"), ("s8s8", "u8s8"), (True, False))]
@@ -99,6 +100,7 @@ def test_search_writes_the_fastest_candidate_at_or_above_the_threshold(digits_on
     assert (result.chosen["format"], result.chosen["types"], result.chosen["per_channel"]) == \
         ("qoperator", "u8s8", False)
     assert result.chosen["agreement"] >= 0.5 and result.chosen["status"] == "chosen"
+    assert not result.chosen["exclude"]  # the mixed copies were planted slower
     assert sum(t["status"] == "chosen" for t in result.trials) == 1
     assert all(t["agreement"] is None for t in result.trials if t["status"] == "not scored")
     proto = onnx.load(str(out))
@@ -147,6 +149,62 @@ def test_fallback_keeps_the_most_sensitive_nodes_in_float(digits_onnx, tmp_path)
                    if n.op_type == "Conv")  # float weights, no DequantizeLinear in front
     assert any("most sensitive" in n for n in result.notes)
     assert result.sensitivity and result.sensitivity[0]["sqnr_drop_db"] >= result.sensitivity[-1]["sqnr_drop_db"]
+
+
+def test_resolution_levels_group_convolutions_by_output_size(digits_onnx, tmp_path):
+    """Every convolution lands in one level, largest output first, and the sizes follow the input
+    size the levels are read at."""
+    convs = {n.name for n in onnx.load(str(digits_onnx)).graph.node if n.op_type == "Conv"}
+    levels = int8.resolution_levels(digits_onnx, (3, 32, 32), tmp_path)
+    areas = [h * w for (h, w), _ in levels]
+    assert len(levels) >= 3 and areas == sorted(areas, reverse=True) and len(set(areas)) == len(areas)
+    assert sorted(n for _, names in levels for n in names) == sorted(convs)
+    first_conv = next(n.name for n in onnx.load(str(digits_onnx)).graph.node if n.op_type == "Conv")
+    assert first_conv in levels[0][1]
+    bigger = int8.resolution_levels(digits_onnx, (3, 64, 64), tmp_path)
+    (h, w), names = levels[0]
+    assert bigger[0] == ((2 * h, 2 * w), names)
+
+
+def _float_convs(path) -> set[str]:
+    """Conv nodes of an INT8 QDQ graph that still read float weights straight from an initializer."""
+    proto = onnx.load(str(path))
+    inits = {i.name for i in proto.graph.initializer}
+    return {n.name for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in inits}
+
+
+@pytest.mark.parametrize("gain", [0.10, 0.01])
+def test_mixed_step_keeps_high_resolution_layers_in_float_only_when_faster(gain, digits_onnx, tmp_path,
+                                                                           monkeypatch):
+    """Planted timings: the copy with the highest-resolution level in float is ``gain`` faster than
+    all-INT8. 10% (over the 3% margin) -> written with exactly that level in float, and the note
+    says so; 1% -> all-INT8 is kept. With --no-mixed no copy is built."""
+    levels = int8.resolution_levels(digits_onnx, (3, 32, 32), tmp_path)
+    top = set(levels[0][1])
+    real_time = int8.time_models
+
+    def fake_time(paths, size, **kw):
+        stats = real_time(paths[:1], size, batch=1, threads=1, budget_s=0.0)
+        ms = [2.0]
+        for p in paths[1:]:
+            kept = _float_convs(p)
+            ms.append(1.0 if not kept else 1.0 - gain if kept == top else 1.0 - gain / 2)
+        return [type(stats[0]).from_seconds([m / 1000], 1, 1) for m in ms]
+
+    monkeypatch.setattr(int8, "time_models", fake_time)
+    pinned = dict(min_agreement=0.5, calibration="minmax", types="u8s8", quant_format="qdq", per_channel="on")
+    out = tmp_path / "q.onnx"
+    result = quantize_artifact(digits_onnx, out, quick(**pinned))
+    if gain > int8.MIXED_MARGIN:
+        assert set(result.chosen["exclude"]) == top == _float_convs(out)
+        assert result.chosen["p50_ms"] == pytest.approx(1.0 - gain)
+        assert any(n.startswith(f"kept the {len(top)} convolution(s)") for n in result.notes)
+    else:
+        assert not result.chosen["exclude"] and not _float_convs(out)
+        assert any(n.startswith("all-INT8 kept") for n in result.notes)
+    assert len(result.trials) == 3  # all-INT8 + two levels in float
+    plain = quantize_artifact(digits_onnx, tmp_path / "plain.onnx", quick(**pinned, mixed=False))
+    assert len(plain.trials) == 1 and not plain.chosen["exclude"]
 
 
 def test_sqnr_db():

@@ -177,7 +177,7 @@ def quantize_artifact(model_path: str | os.PathLike, output: str | os.PathLike, 
                 types=_axis(cfg.types, TYPES), per_channel=[v == "on" for v in _axis(cfg.per_channel, ("on", "off"))],
                 calibrations=_axis(cfg.calibration, CALIBRATIONS), exclude=cfg.exclude,
                 min_agreement=cfg.min_agreement, max_exclude=cfg.max_exclude, size=size, batch=cfg.batch,
-                threads=threads, budget_s=cfg.budget, work=work, log=log)
+                threads=threads, budget_s=cfg.budget, work=work, mixed=cfg.mixed, log=log)
         qat_info = None
         if cfg.mode() == "int8":
             outcome, qat_info = _with_qat(src, meta, cfg, outcome, data, fp32, has_model, threads, work, log)
