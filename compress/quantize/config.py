@@ -81,8 +81,9 @@ class QuantizeConfig(KDOptions):
     mixed: bool = option(True, group=_S,
                          help="time the chosen candidate again beside copies that keep its highest-resolution "
                               "convolutions (then the two highest resolutions) in float, and keep a copy that is "
-                              "3%% faster and still agrees enough: at 224x224 the 112x112 layers of a pruned "
-                              "MobileNetV2 ran faster in float")
+                              "3%% faster and still agrees enough (the 112x112 layers of a pruned MobileNetV2 at "
+                              "224x224 ran faster in float under per-channel QDQ, slower under per-tensor: it "
+                              "depends, so it is timed)")
     max_exclude: int = option(8, check=_at_least_0, group=_S,
                               help="when no candidate reaches --min-agreement: keep up to this many of the "
                                    "nodes with the largest quantization error in float, then search again")

@@ -18,10 +18,11 @@ The search, in order of cost:
 6. with ``mixed``: the chosen candidate is timed again beside copies of it that keep the
    convolutions of the highest output resolution (then the two highest) in float. Those layers
    carry the largest activations and the fewest MACs per value, so quantizing and dequantizing
-   them can cost more than INT8 saves (measured here: a 0.5-pruned MobileNetV2 at 224x224 ran
-   1.36 ms all-INT8 and 1.23 ms with its three 112x112 convolutions in float; keeping 56x56 too
-   was slower again, 1.44 ms). A copy wins only when it is faster by ``MIXED_MARGIN`` and still
-   passes the agreement threshold.
+   them can cost more than INT8 saves (measured here: a 0.5-pruned MobileNetV2 at 224x224, QDQ
+   U8S8 per-channel, ran 1.36 ms all-INT8 and 1.23 ms with its three 112x112 convolutions in
+   float, 1.44 ms with the 56x56 ones too; the Fashion-MNIST one under per-tensor QDQ ran 1.38 ms
+   all-INT8 and 1.57 ms with its 112x112 layers in float). A copy wins only when it is faster by
+   ``MIXED_MARGIN`` and still passes the agreement threshold.
 """
 from __future__ import annotations
 
