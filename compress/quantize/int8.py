@@ -461,9 +461,10 @@ def _mixed_precision(pre, chosen: Trial, size, build, score, timed, work, notes,
             chosen.status = "passed"
             return t
     for what, t in live:
-        t.note = t.note or f"{what} in float: not {MIXED_MARGIN:.0%} faster than all-INT8"
-    notes.append(f"all-INT8 kept: keeping the highest-resolution convolutions in float was not "
-                 f"{MIXED_MARGIN:.0%} faster at {size[1]}x{size[2]}")
+        t.note = t.note or (f"{what} in float: faster, but below --min-agreement" if t.status == "below threshold"
+                            else f"{what} in float: not {MIXED_MARGIN:.0%} faster than all-INT8")
+    notes.append(f"all-INT8 kept: no copy with the highest-resolution convolutions in float was "
+                 f"{MIXED_MARGIN:.0%} faster and agreeing enough at {size[1]}x{size[2]}")
     log(notes[-1])
     return chosen
 
