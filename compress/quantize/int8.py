@@ -240,12 +240,21 @@ def _with_outputs(path: Path, names: Sequence[str], dst: Path) -> None:
     onnx.save(proto, str(dst))
 
 
+def _unoptimised_session(path: Path):
+    """An ONNX Runtime session that runs ``path`` as written (no fusion), quietly."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def node_sensitivity(float_path: Path, qdq_path: Path, images: np.ndarray, work: Path) -> list[tuple[str, float]]:
     """Quantizable nodes of the float graph, most sensitive first: (node name, SQNR drop in dB
     from its input to its output), measured by running the float graph and the QDQ graph (as
     emulated, no fusion) on ``images`` with every such node's output exposed."""
     import onnx
-    import onnxruntime as ort
 
     graph = onnx.load(str(float_path)).graph
     nodes = [n for n in graph.node if n.op_type in QUANTIZABLE_OPS and n.name]
@@ -258,10 +267,7 @@ def node_sensitivity(float_path: Path, qdq_path: Path, images: np.ndarray, work:
     for tag, path in (("float", float_path), ("qdq", qdq_path)):
         exposed = work / f"sensitivity-{tag}.onnx"
         _with_outputs(path, tensors, exposed)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(exposed), so, providers=["CPUExecutionProvider"])
+        sess = _unoptimised_session(exposed)
         names = [o.name for o in sess.get_outputs()]
         runs = [sess.run(None, {graph_input: images[i:i + 32]}) for i in range(0, len(images), 32)]
         outputs[tag] = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(names)}
@@ -287,7 +293,6 @@ def resolution_levels(path: Path, size: tuple[int, int, int], work: Path) -> lis
     output for one input of ``size`` (C, H, W), largest first: ``[((h, w), [node, ...]), ...]``.
     Shapes are read off one run of the graph with every convolution's output exposed."""
     import onnx
-    import onnxruntime as ort
 
     graph = onnx.load(str(path)).graph
     convs = [n for n in graph.node if n.op_type == "Conv" and n.name]
@@ -295,10 +300,7 @@ def resolution_levels(path: Path, size: tuple[int, int, int], work: Path) -> lis
         return []
     exposed = work / "resolution.onnx"
     _with_outputs(path, [n.output[0] for n in convs], exposed)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(exposed), so, providers=["CPUExecutionProvider"])
+    sess = _unoptimised_session(exposed)
     names = [o.name for o in sess.get_outputs()]
     shapes = dict(zip(names, (a.shape for a in sess.run(None, {graph.input[0].name: random_images(1, size)}))))
     levels: dict[tuple[int, int], list[str]] = {}
