@@ -19,6 +19,7 @@ from compress.quantize import int8
 from compress.quantize.api import quantize_artifact
 from compress.quantize.calib import ArrayReader, _sample, quantization_data
 from compress.quantize.config import QuantizeConfig
+from compress.runtime import LatencyStats
 from tests.test_serve import digits_onnx, encode  # noqa: F401  (a session fixture: tiny digits model)
 
 QUICK = dict(calib_samples=16, eval_samples=120, budget=0.05, threads=1, test=False)
@@ -181,15 +182,13 @@ def test_mixed_step_keeps_high_resolution_layers_in_float_only_when_faster(gain,
     says so; 1% -> all-INT8 is kept. With --no-mixed no copy is built."""
     levels = int8.resolution_levels(digits_onnx, (3, 32, 32), tmp_path)
     top = set(levels[0][1])
-    real_time = int8.time_models
 
     def fake_time(paths, size, **kw):
-        stats = real_time(paths[:1], size, batch=1, threads=1, budget_s=0.0)
         ms = [2.0]
         for p in paths[1:]:
             kept = _float_convs(p)
             ms.append(1.0 if not kept else 1.0 - gain if kept == top else 1.0 - gain / 2)
-        return [type(stats[0]).from_seconds([m / 1000], 1, 1) for m in ms]
+        return [LatencyStats.from_seconds([m / 1000], 1, 1) for m in ms]
 
     monkeypatch.setattr(int8, "time_models", fake_time)
     pinned = dict(min_agreement=0.5, calibration="minmax", types="u8s8", quant_format="qdq", per_channel="on")
