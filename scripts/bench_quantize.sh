@@ -45,7 +45,7 @@ chosen() {  # chosen REPORT.json: the chosen INT8 recipe as compress quantize fl
 import json, sys
 c = json.load(open(sys.argv[1]))["chosen"]
 print(f"--format {c['format']} --types {c['types']} --per-channel {'on' if c['per_channel'] else 'off'} "
-      f"--calibration {c['calibration']}")
+      f"--calibration {c['calibration']} --bias-correction {'on' if c.get('bias_corrected') else 'off'}")
 EOF
 }
 

@@ -191,7 +191,8 @@ def test_mixed_step_keeps_high_resolution_layers_in_float_only_when_faster(gain,
         return [LatencyStats.from_seconds([m / 1000], 1, 1) for m in ms]
 
     monkeypatch.setattr(int8, "time_models", fake_time)
-    pinned = dict(min_agreement=0.5, calibration="minmax", types="u8s8", quant_format="qdq", per_channel="on")
+    pinned = dict(min_agreement=0.5, calibration="minmax", types="u8s8", quant_format="qdq", per_channel="on",
+                  bias_correction="off")
     out = tmp_path / "q.onnx"
     result = quantize_artifact(digits_onnx, out, quick(**pinned))
     if gain > int8.MIXED_MARGIN:

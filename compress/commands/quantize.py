@@ -3,8 +3,9 @@ Compression's k-means weight sharing.
 
 Static INT8 (input .onnx, or .safetensors exported first; output .onnx). By default a search:
 every structure (QDQ/QOperator x S8S8/U8S8 x per-channel/per-tensor) is timed here interleaved
-with the fp32 model, then, fastest first, each calibration (MinMax, Entropy, Percentile) is scored
-by top-1 agreement with the fp32 model on held-out images; the fastest candidate with agreement
+with the fp32 model, then, fastest first, each calibration (MinMax, Entropy, Percentile), as is
+and with bias correction (the mean output shift of INT8 weight rounding taken out of the biases),
+is scored by top-1 agreement with the fp32 model on held-out images; the fastest candidate with agreement
 >= --min-agreement is written, with the table of what was tried. If none passes, the nodes that
 lose the most signal to quantization stay in float (up to --max-exclude) and it tries again; if
 still none passes it says so, exits 1 and writes nothing. Calibration images come from the

@@ -235,8 +235,8 @@ def _int8(model: Path, folder: Path, cfg: OptimizeConfig, data: _Data, size: int
         return
     outputs["int8"] = "int8.onnx"
     chosen = q.chosen
-    rec["int8"] = {"config": {k: chosen[k] for k in ("label", "format", "types", "per_channel", "calibration",
-                                                     "exclude")},
+    rec["int8"] = {"config": {k: chosen.get(k, False) for k in ("label", "format", "types", "per_channel",
+                                                                "calibration", "bias_corrected", "exclude")},
                    "agreement": q.agreement, "val_accuracy": data.accuracy(_model_predict(folder / "int8.onnx"))}
     if not cfg.imagenet_stem and size == data.side:
         outputs["timing_int8"] = "int8.onnx"
@@ -245,6 +245,7 @@ def _int8(model: Path, folder: Path, cfg: OptimizeConfig, data: _Data, size: int
     fixed = QuantizeConfig(**{**common, "quant_format": chosen["format"], "types": chosen["types"],
                               "per_channel": "on" if chosen["per_channel"] else "off",
                               "calibration": chosen["calibration"], "exclude": list(chosen["exclude"]),
+                              "bias_correction": "on" if chosen.get("bias_corrected") else "off",
                               "max_exclude": 0, "min_agreement": 1e-9, "input_size": size, "budget": 0.2})
     quantize_artifact(folder / "timing_fp32.onnx", folder / "timing_int8.onnx", fixed)
     outputs["timing_int8"] = "timing_int8.onnx"
@@ -500,6 +501,7 @@ def _recipe_text(src: Path, rec: dict, chosen: dict, cfg: OptimizeConfig, data_o
                 "name": "pruned_int8", "input": "pruned_onnx", "int8": True, "qat": "off", "quant_format": c["format"],
                 "types": c["types"], "per_channel": "on" if c["per_channel"] else "off",
                 "calibration": c["calibration"], "exclude": list(c["exclude"]), "max_exclude": 0,
+                "bias_correction": "on" if c.get("bias_corrected") else "off",
                 "calib": data.get("data"), "data_seed": data.get("data_seed"), "threads": cfg.threads,
                 "min_agreement": cfg.int8_min_agreement}))
     else:

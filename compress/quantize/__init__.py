@@ -4,6 +4,7 @@
     calib.py    calibration / held-out / test images, preprocessed as the service does (quantization_data)
     int8.py     ONNX Runtime INT8: pre-processing, candidates, interleaved timing, agreement, the search
                 and its sensitivity fallback (torch-free)
+    biascorr.py bias correction: the mean output shift of INT8 weight rounding taken out of the biases
     api.py      the INT8 stage: quantize_artifact → QuantizeResult
     kmeans.py   Deep Compression's trained quantization: k-means weight sharing (kmeans_artifact)
 

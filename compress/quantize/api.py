@@ -98,7 +98,8 @@ def _accuracy(logits: np.ndarray, targets: np.ndarray, task: str) -> float:
 def _history_entry(meta, cfg: QuantizeConfig, result: QuantizeResult):
     chosen = result.chosen or {}
     params = {"mode": result.mode, "runtime": "onnxruntime",
-              **{k: chosen.get(k) for k in ("format", "types", "per_channel", "calibration", "exclude")},
+              **{k: chosen.get(k) for k in ("format", "types", "per_channel", "calibration", "bias_corrected",
+                                            "exclude")},
               "calibration_data": result.data, "min_agreement": cfg.min_agreement,
               "qat": result.qat and {k: v for k, v in result.qat.items() if k != "run"}}
     metrics = {"agreement": result.agreement, "test_accuracy": result.int8_test,
@@ -177,7 +178,8 @@ def quantize_artifact(model_path: str | os.PathLike, output: str | os.PathLike, 
                 types=_axis(cfg.types, TYPES), per_channel=[v == "on" for v in _axis(cfg.per_channel, ("on", "off"))],
                 calibrations=_axis(cfg.calibration, CALIBRATIONS), exclude=cfg.exclude,
                 min_agreement=cfg.min_agreement, max_exclude=cfg.max_exclude, size=size, batch=cfg.batch,
-                threads=threads, budget_s=cfg.budget, work=work, mixed=cfg.mixed, log=log)
+                threads=threads, budget_s=cfg.budget, work=work, mixed=cfg.mixed,
+                bias_correction=[v == "on" for v in _axis(cfg.bias_correction, ("off", "on"))], log=log)
         qat_info = None
         if cfg.mode() == "int8":
             outcome, qat_info = _with_qat(src, meta, cfg, outcome, data, fp32, has_model, threads, work, log)
@@ -229,7 +231,7 @@ def _with_qat(src: Path, meta, cfg: QuantizeConfig, outcome, data, fp32, has_mod
         if info["ran"]:
             info.update(ran=False, why=info["why"] + "; no INT8 structure could be built to fine-tune for")
         return outcome, info
-    log(f"quantization-aware training ({info['why']}) for {target.candidate.label().rsplit(' ', 1)[0]} ...")
+    log(f"quantization-aware training ({info['why']}) for {int8.structure_label(target.candidate)} ...")
     reference = int8.decisions(int8.predict(fp32, data.eval), data.task)
     before = qat.structure_agreement(outcome, target)
     trial, run = qat.qat_candidate(src, cfg, meta, target, data, reference, input_name=fp32.input_name,

@@ -10,7 +10,11 @@ The search, in order of cost:
 3. from the fastest structure on, each calibration method (MinMax, Entropy, Percentile; ranges
    computed once per method and cached) is scored by top-1 agreement with the fp32 model on the
    held-out images; the first structure with a candidate at or above the threshold wins, with the
-   most agreeing of its passing calibrations;
+   most agreeing of its passing calibrations. With ``bias_correction`` each calibration is also
+   scored on a copy of the float graph whose convolution biases absorb the mean output shift
+   that INT8 weight rounding causes (:mod:`.biascorr`; measured on the Fashion-MNIST MobileNetV2
+   under per-tensor QOperator U8S8: 98.78% -> 99.24% top-1 agreement on the 10,000 test images,
+   test accuracy 93.31% -> 93.45% against 93.33% in fp32);
 4. if none passes: the quantizable nodes whose output loses the most signal to quantization
    (the drop in SQNR from their input to their output, QDQ emulation against fp32) are kept in
    float, 1, 2, 4, ... up to ``max_exclude`` of them, and the best structure is tried again;
@@ -67,13 +71,13 @@ class Candidate:
     per_channel: bool
     calibration: str = "minmax"
     exclude: tuple[str, ...] = ()
+    bias_corrected: bool = False  # quantized from the bias-corrected float graph (biascorr)
 
     def structure(self) -> tuple[str, str, bool]:
         return (self.format, self.types, self.per_channel)
 
     def label(self) -> str:
-        text = (f"{self.format.upper()} {self.types.upper()} {'per-channel' if self.per_channel else 'per-tensor'} "
-                f"{self.calibration}")
+        text = f"{structure_label(self)} {self.calibration}{' +bias corr.' if self.bias_corrected else ''}"
         return text + (f" (-{len(self.exclude)} nodes)" if self.exclude else "")
 
 
@@ -94,6 +98,11 @@ class Trial:
         d["exclude"] = list(self.candidate.exclude)
         return {"label": self.candidate.label(), **d, "status": self.status, "p50_ms": self.p50_ms,
                 "speedup": self.speedup, "agreement": self.agreement, "note": self.note}
+
+
+def structure_label(cand: Candidate) -> str:
+    """``cand``'s structure: format, types and weight granularity."""
+    return f"{cand.format.upper()} {cand.types.upper()} {'per-channel' if cand.per_channel else 'per-tensor'}"
 
 
 def structures(formats: Sequence[str], types: Sequence[str], per_channel: Sequence[bool]) -> list[Candidate]:
@@ -323,12 +332,33 @@ class SearchOutcome:
 def search(pre: Path, data: QuantData, *, input_name: str, formats: Sequence[str], types: Sequence[str],
            per_channel: Sequence[bool], calibrations: Sequence[str], exclude: Sequence[str], min_agreement: float,
            max_exclude: int, size: tuple[int, int, int], batch: int, threads: int, budget_s: float, work: Path,
-           mixed: bool = False, log: Callable[[str], None] = lambda m: None) -> SearchOutcome:
-    """The search of the module docstring over the pre-processed float graph ``pre``."""
+           mixed: bool = False, bias_correction: Sequence[bool] = (False,),
+           log: Callable[[str], None] = lambda m: None) -> SearchOutcome:
+    """The search of the module docstring over the pre-processed float graph ``pre``;
+    ``bias_correction`` lists the variants scored per calibration (False: as is, True: the
+    bias-corrected graph)."""
     fp32 = OnnxRunner(pre, threads)
     reference = decisions(predict(fp32, data.eval), data.task)
     notes: list[str] = []
     built: dict[Candidate, Trial] = {}
+    graphs: dict[bool, tuple[Path, Path]] = {}  # per_channel -> (bias-corrected graph, its range cache)
+    means: list[dict] = []
+
+    def source(cand: Candidate) -> tuple[Path, Path]:
+        """The float graph ``cand`` quantizes, and the folder of its cached activation ranges."""
+        if not cand.bias_corrected:
+            return pre, work
+        if cand.per_channel not in graphs:
+            from . import biascorr
+
+            if not means:
+                log(f"measuring mean convolution inputs on {len(data.calib)} images for bias correction ...")
+                means.append(biascorr.tap_means(pre, data.calib, work))
+            folder = work / f"bias-corrected-{'pc' if cand.per_channel else 'pt'}"
+            folder.mkdir(exist_ok=True)
+            biascorr.correct_biases(pre, folder / "pre.onnx", means[0], per_channel=cand.per_channel)
+            graphs[cand.per_channel] = (folder / "pre.onnx", folder)
+        return graphs[cand.per_channel]
 
     def build(cand: Candidate) -> Trial:
         if cand in built:
@@ -336,7 +366,8 @@ def search(pre: Path, data: QuantData, *, input_name: str, formats: Sequence[str
         trial = Trial(cand, path=work / f"cand-{len(built)}.onnx")
         built[cand] = trial
         try:
-            quantize_candidate(pre, trial.path, cand, data, input_name, work)
+            graph, cache = source(cand)
+            quantize_candidate(graph, trial.path, cand, data, input_name, cache)
             OnnxRunner(trial.path, 1)  # ONNX Runtime must accept it
         except Exception as e:  # the quantizer and ORT raise assorted types on unsupported graphs
             trial.status, trial.note = "failed", (str(e).splitlines()[0] if str(e) else type(e).__name__)[:160]
@@ -363,19 +394,22 @@ def search(pre: Path, data: QuantData, *, input_name: str, formats: Sequence[str
             t.p50_ms, t.speedup = st.p50_ms, base / st.p50_ms
         fp32_ms = base
 
-    base_cands = [replace(c, exclude=tuple(exclude)) for c in structures(formats, types, per_channel)]
+    base_cands = [replace(c, exclude=tuple(exclude), bias_corrected=bias_correction[0])
+                  for c in structures(formats, types, per_channel)]
     log(f"building {len(base_cands)} INT8 structure(s) with MinMax ranges from {len(data.calib)} images ...")
     shapes = [build(replace(c, calibration=calibrations[0])) for c in base_cands]
     timed(shapes)
     order = sorted((t for t in shapes if t.status != "failed"), key=lambda t: t.p50_ms)
     chosen: Trial | None = None
     for shape in order:
-        trials = [build(replace(shape.candidate, calibration=m)) for m in calibrations]
+        trials = [build(replace(shape.candidate, calibration=m, bias_corrected=bc))
+                  for m in calibrations for bc in bias_correction]
         for t in trials:
             t.p50_ms, t.speedup = shape.p50_ms, shape.speedup  # same structure, same kernels
             score(t)
-        log(f"{shape.candidate.label().rsplit(' ', 1)[0]}: {shape.speedup:.2f}x, agreement " + ", ".join(
-            f"{t.candidate.calibration} {t.agreement:.2%}" for t in trials if t.agreement is not None))
+        log(f"{structure_label(shape.candidate)}: {shape.speedup:.2f}x, agreement " + ", ".join(
+            f"{t.candidate.calibration}{' +bias corr.' if t.candidate.bias_corrected else ''} {t.agreement:.2%}"
+            for t in trials if t.agreement is not None))
         passing = [t for t in trials if t.status == "passed"]
         if passing:
             chosen = max(passing, key=lambda t: t.agreement)

@@ -640,7 +640,7 @@ def qat_candidate(model_path, cfg, meta, target, data, reference: np.ndarray, *,
     export_onnx(run.model, meta, exported)
     pre = work / "qat-pre.onnx"
     int8.preprocess_graph(exported, pre)
-    cand = replace(target.candidate, calibration="minmax")
+    cand = replace(target.candidate, calibration="minmax", bias_corrected=False)
     trial = QatTrial(cand, path=work / "qat-int8.onnx")
     cache = work / "qat-ranges"  # never the search's cache: same tensor names, other weights
     cache.mkdir(exist_ok=True)
