@@ -54,6 +54,39 @@ def _with_weights(src: Path, dst: Path, weights: dict[str, np.ndarray]) -> Path:
     return dst
 
 
+def _tap_sums_by_definition(x, kernel, strides, dilations, pads):
+    """Every (image, output position, tap) visited one at a time: the input value that tap
+    multiplies, zero where it falls on the padding."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw), (top, left, bottom, right) = kernel, strides, dilations, pads
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    sums = np.zeros((c, kh, kw))
+    for i in range(ho):
+        for j in range(wo):
+            for a in range(kh):
+                for b in range(kw):
+                    y, xx = i * sh + a * dh - top, j * sw + b * dw - left
+                    if 0 <= y < h and 0 <= xx < w:
+                        sums[:, a, b] += x[:, :, y, xx].sum(axis=0)
+    return sums, n * ho * wo
+
+
+@pytest.mark.parametrize("attrs", [
+    {},  # ONNX defaults: stride 1, no dilation, no padding
+    {"strides": [2, 1], "pads": [1, 0, 2, 1]},
+    {"dilations": [2, 1], "pads": [0, 2, 1, 0]},
+    {"strides": [1, 2], "dilations": [1, 2], "pads": [2, 1, 0, 2]},
+])
+def test_tap_sums_match_the_definition_on_non_square_inputs(attrs):
+    x = RNG.standard_normal((2, 3, 7, 10))
+    sums, count = biascorr._tap_sums(x, (3, 2), attrs)
+    want, want_count = _tap_sums_by_definition(x, (3, 2), attrs.get("strides", [1, 1]),
+                                               attrs.get("dilations", [1, 1]), attrs.get("pads", [0, 0, 0, 0]))
+    assert count == want_count
+    np.testing.assert_allclose(sums, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_weight_error_is_onnx_runtimes_own_rounding(per_channel, tmp_path):
     """W + weight_error(W) equals the weights ONNX Runtime's quantizer stores (dequantized) in a

@@ -212,6 +212,10 @@ def test_sqnr_db():
     assert math.isinf(int8.sqnr_db(ref, ref.copy()))
     assert int8.sqnr_db(ref, ref + 0.1) == pytest.approx(20.0, abs=1e-4)  # S/N = 1 / 0.01
     assert int8.sqnr_db(ref, ref + 0.01) == pytest.approx(40.0, abs=1e-4)
+    # a small signal of both signs (a logit vector near zero): power is the mean square, not cube
+    small = np.tile(np.array([-0.02, 0.02], np.float32), 500)
+    assert int8.sqnr_db(small, small + 0.002) == pytest.approx(20.0, abs=1e-3)
+    assert int8.sqnr_db(np.zeros(4, np.float32), np.full(4, 0.1, np.float32)) < -200  # no signal at all
 
 
 def test_node_sensitivity_ranks_the_node_that_adds_the_error(tmp_path):
