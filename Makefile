@@ -98,7 +98,8 @@ bench-distill: setup
 # meta, prune/{structured,unstructured,sensitivity,search}) and the named functions where a module
 # also holds plumbing (export: _max_abs_diff, verify_onnx, export_onnx; runtime: LatencyStats,
 # measure_interleaved, resolve_input_size; bench: _timing_rows, _static_rows, accuracy,
-# agreement, decisions, data_metrics): see scripts/mutation.py. Four chunks, each holding
+# agreement, decisions, data_metrics) and quantize's arithmetic (k-means, QAT rounding, bias
+# correction, INT8 scores): see scripts/mutation.py. Six chunks, each holding
 # /tmp/heavy.lock (MUTATION_LOCK= for none); one core. MUTATION_ARGS=--report reprints the table.
 MUTATION_ARGS ?=
 mutation: setup

@@ -17,7 +17,7 @@ import models
 from compress.artifact import ModelMeta, save_model
 from compress.bench import BenchConfig, run_benchmark
 from compress.bench.api import _Runners
-from compress.bench.variants import load_variant, peer_variant
+from compress.bench.variants import PeerCannotLoad, load_variant, peer_variant
 from compress.cli import main
 from compress.errors import UserError
 from compress.export import export_onnx
@@ -152,7 +152,16 @@ def test_openvino_logits_match_onnx_runtime_and_precision_is_what_it_used(files)
 def test_openvino_reports_int8_kernels_for_a_qdq_file(files):
     base = load_variant(files / "tiny.int8.onnx")
     assert peer_variant(base, "openvino-f32").precision == "int8+fp32"
-    assert peer_variant(base, "openvino").precision == "int8+" + ("bf16" if _openvino_has_bf16() else "fp32")
+    try:
+        default = peer_variant(base, "openvino")
+    except PeerCannotLoad as e:
+        # OpenVINO 2026.4 on a CPU with AMX: with bf16 allowed its CPU plugin finds no kernel for
+        # the QDQ convolutions of this tiny graph ("No suitable implementations"; the f32 hint
+        # compiles it, and MobileNetV2's QDQ files compile both ways). The bench then leaves the
+        # column out; what is checked here is that the reason, not OpenVINO's source line, is said.
+        assert _openvino_has_bf16() and "No suitable implementations" in str(e), str(e)
+        return
+    assert default.precision == "int8+" + ("bf16" if _openvino_has_bf16() else "fp32")
 
 
 @needs_openvino

@@ -72,6 +72,23 @@ def test_density_init_follows_the_distribution_and_random_is_seeded():
     assert not np.array_equal(r1, initial_centroids(values, 5, "random", seed=2))
 
 
+def test_linear_is_the_default_and_random_never_repeats_a_value():
+    values = np.random.default_rng(0).normal(size=500)
+    np.testing.assert_array_equal(initial_centroids(values, 6), initial_centroids(values, 6, "linear"))
+    a, b = cluster_values(values, 6), cluster_values(values, 6, "linear", seed=0)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    few = np.repeat([-2.0, -0.5, 0.0, 1.0, 3.0], 7)  # 5 distinct values, more centroids asked
+    np.testing.assert_array_equal(initial_centroids(few, 8, "random", seed=3), [-2.0, -0.5, 0.0, 1.0, 3.0])
+    np.testing.assert_array_equal(initial_centroids(np.array([0.25]), 1), [0.25])  # one value is enough
+
+
+@pytest.mark.parametrize("values, k, method", [(np.ones(4), 0, "linear"), (np.array([]), 4, "linear"),
+                                               (np.ones(4), 2, "kmeans++")])
+def test_initialisation_refuses_no_centroids_no_values_and_unknown_methods(values, k, method):
+    with pytest.raises(ValueError):
+        initial_centroids(values, k, method)
+
+
 def test_few_distinct_values_are_kept_exactly():
     values = np.array([0.5, -1.0, 0.5, 2.0, -1.0])
     centroids, labels = cluster_values(values, 4)

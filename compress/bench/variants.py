@@ -123,8 +123,11 @@ def peer_variant(v: Variant, peer: str) -> Variant:
     except UserError:
         raise
     except Exception as e:  # openvino raises its own exception types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PeerCannotLoad(f"{v.path}: OpenVINO cannot load it ({first[:200]}); its [{peer}] column is "
+        # its messages open with a chain of "Exception from src/...cpp:N:" lines; the cause is last
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = next((line for line in reversed(lines) if not line.startswith("Exception from ")),
+                     lines[0] if lines else type(e).__name__)
+        raise PeerCannotLoad(f"{v.path}: OpenVINO cannot load it ({cause[:200]}); its [{peer}] column is "
                              "left out") from None
     return Variant(name=f"{v.name} [{peer}]", path=v.path, engine="openvino", file_bytes=v.file_bytes,
                    stored_bytes=v.stored_bytes, params=v.params, meta=v.meta, onnx_path=v.onnx_path,
