@@ -36,22 +36,21 @@ def build(arch: str, width: float, depth: str, size: int):
     import torch
 
     from compress.meta import ModelMeta
-    from models import create_model, residual_blocks
+    from models import create_model, remove_blocks, residual_blocks
 
-    kwargs = {"width_mult": width, "small_input": False}
-    blocks = residual_blocks(create_model(arch, num_classes=10, **kwargs))
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10, width_mult=width, small_input=False).eval()
+    blocks = residual_blocks(model)
     n = len(blocks) if depth == "all" else int(depth)
     if n > len(blocks):
         raise SystemExit(f"--depths {depth}: {arch} has {len(blocks)} residual blocks")
-    if n:
-        kwargs["removed_blocks"] = blocks[len(blocks) - n:]
-    torch.manual_seed(0)
-    model = create_model(arch, num_classes=10, **kwargs).eval()
+    remove_blocks(model, blocks[len(blocks) - n:])  # records them in model.arch_kwargs
     for m in model.modules():  # identity BatchNorm: activations keep a sane range through the net
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_var.fill_(1.0)
             m.running_mean.zero_()
-    return model, ModelMeta(arch=arch, num_classes=10, arch_kwargs=kwargs, input_size=[3, size, size])
+    meta = ModelMeta(arch=arch, num_classes=10, arch_kwargs=dict(model.arch_kwargs), input_size=[3, size, size])
+    return model, meta
 
 
 def main() -> int:
