@@ -19,6 +19,7 @@ MNV2="${MNV2:-runs/pipeline-fashion/base.safetensors}"
 # The README's third latency run (the defaults; its uniform candidates are the second run's, copied:
 # `cp -r OUT/latency2 OUT/latency3` reuses them); the second: ALLOCATE=uniform LATENCY=latency2; the
 # first: BLOCKS=0,3,6 RATIOS=0,0.5,0.7 FINETUNE=1 TRAIN_LIMIT=20000 ALLOCATE=uniform LATENCY=latency.
+# LATENCY_FLAGS adds options to the latency search (e.g. "--round-to 16 --augment off").
 BLOCKS="${BLOCKS:-6,8}"
 RATIOS="${RATIOS:-0,0.3,0.5}"
 FINETUNE="${FINETUNE:-2}"
@@ -33,9 +34,10 @@ mkdir -p "$OUT"
 if [[ ! -f $MNV2 ]]; then
   "$BIN/compress" train --model mobilenet_v2 --data fashion-mnist -o "$MNV2"
 fi
+# shellcheck disable=SC2086
 "$BIN/compress" optimize "$MNV2" --objective latency --max-drop 1.0 --blocks "$BLOCKS" --ratios "$RATIOS" \
   --allocate "$ALLOCATE" --finetune "$FINETUNE" --train-limit "$TRAIN_LIMIT" --input-size 224 --imagenet-stem --threads 2 --runs 100 \
-  -o "$OUT/$LATENCY" | tee "$OUT/$LATENCY.out"
+  ${LATENCY_FLAGS:-} -o "$OUT/$LATENCY" | tee "$OUT/$LATENCY.out"
 if [ "${SIZE:-1}" = 1 ]; then  # SIZE=0: the latency search (and its peers) only
   "$BIN/compress" optimize "$MNV2" --objective size --max-drop 1.0 --sparsities "$SPARSITIES" --bits "$BITS" \
     --finetune "$FINETUNE_SIZE" --train-limit "$TRAIN_LIMIT_SIZE" -o "$OUT/size" | tee "$OUT/size.out"

@@ -16,7 +16,8 @@
 # DATA=fashion-mnist (`make data` first) runs part 1 on Fashion-MNIST (10,000 test images): the
 # base is trained with the data set's preset (`compress train --model mobilenet_v2 --data
 # fashion-mnist`, ~17 min here) unless OUT/mnv2.safetensors exists, FINETUNE (default 6; 3 for
-# fashion-mnist) distilled epochs; part 2 runs for digits only (R18=1 forces it).
+# fashion-mnist) distilled epochs; part 2 runs for digits only (R18=1 forces it). PRUNE_FLAGS adds
+# options to part 1's prune (e.g. PRUNE_FLAGS="--augment off": fine-tune on plain images).
 set -euo pipefail
 OUT="${1:-runs/bench_prune}"
 COMPRESS="${COMPRESS:-compress}"
@@ -30,8 +31,10 @@ mkdir -p "$OUT"
 [ -f "$OUT/mnv2.safetensors" ] || \
   $COMPRESS train --model mobilenet_v2 --data "$DATA" --no-progress \
     -o "$OUT/mnv2.safetensors"
+# shellcheck disable=SC2086
 $COMPRESS prune "$OUT/mnv2.safetensors" --ratio 0.5 --method l2 \
-  --finetune "$FINETUNE" --distill --bench-input-size 224 --bench-imagenet-stem --quiet -o "$OUT/mnv2-p50.safetensors"
+  --finetune "$FINETUNE" --distill --bench-input-size 224 --bench-imagenet-stem --quiet ${PRUNE_FLAGS:-} \
+  -o "$OUT/mnv2-p50.safetensors"
 [ "$DATA" = digits ] || [ "${R18:-0}" = 1 ] || { echo "report: $OUT/mnv2-p50.safetensors.json"; exit 0; }
 
 # --- 2. ResNet-18, 90% unstructured sparsity + fine-tuning

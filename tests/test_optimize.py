@@ -178,3 +178,21 @@ def test_a_second_search_in_the_same_folder_is_refused(trained, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert "another `compress optimize` is running" in err and len(err.splitlines()) == 1
     assert not (out / "candidates").exists()
+
+
+def test_round_to_and_augment_reach_every_pruned_candidate(trained, tmp_path):
+    """--round-to and --augment are handed to the prune stage of every candidate: its report shows
+    the rounding and plain-image fine-tuning (no shifts, flips or cutout), and the options the
+    recipe is written from carry both."""
+    out = tmp_path / "opt"
+    assert main(["optimize", str(trained), "--blocks", "0", "--ratios", "0.5", "--round-to", "16", "--augment", "off",
+                 "--max-drop", "50", "--no-int8", *QUICK, "-o", str(out)]) == 0
+    params = json.loads((out / "candidates" / "d0-r0.5" / "model.safetensors.json").read_text())["params"]
+    assert params["round_to"] == 16 and params["augment"] == "off"
+    assert (params["augmentation"]["crop_padding"], params["augmentation"]["hflip"],
+            params["augmentation"]["cutout"]) == (0, False, 0)
+    channels = json.loads((out / "candidates" / "d0-r0.5" / "model.safetensors.json").read_text())["channels"]
+    assert channels and all(after % 16 == 0 or after == before for before, after in channels.values())
+    assert any(after < before for before, after in channels.values())
+    rec = {c["id"]: c for c in json.loads((out / "optimize.json").read_text())["candidates"]}["d0-r0.5"]
+    assert (rec["prune_options"]["round_to"], rec["prune_options"]["augment"]) == (16, "off")  # the recipe's source

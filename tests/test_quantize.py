@@ -307,3 +307,34 @@ def test_bad_input_exits_2_with_one_line(case, digits_onnx, tmp_path, capsys):
         assert src.read_bytes() == before
     if case != "same-file":
         assert not out.exists()
+
+
+def test_entropy_calibration_clips_outliers_that_minmax_keeps(tmp_path):
+    """The "entropy" candidate's ranges are its own: on a heavy-tailed activation (rare values 50x
+    the rest) the KL threshold lies far inside the min-max range. quantize_static's own Entropy
+    (128 histogram bins = the 128 quantized bins) returns exactly the min-max range."""
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    src = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    rng = np.random.default_rng(0)
+    images = np.abs(rng.standard_normal((16, 1, 8, 8))).astype(np.float32)
+    images.reshape(-1)[rng.choice(images.size, 4, replace=False)] = 50.0
+    int8.entropy_ranges(src, "x", images, tmp_path / "ranges.json")
+    ranges = load_tensors_data(tmp_path / "ranges.json")
+    low, high = (float(np.ravel(v)[0]) for v in ranges.data["y"].range_value)
+    assert ranges.calibration_method.name == "Entropy"
+    assert 1.0 < high < 10.0 and low < 0.01  # the outliers (50) are clipped, the bulk (|N(0,1)|) kept
+    # and it is what an "entropy" candidate is quantized with
+    from compress.quantize.calib import QuantData
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    int8.quantize_candidate(src, tmp_path / "q.onnx", int8.Candidate("qdq", "u8s8", False, "entropy"),
+                            QuantData(calib=images, eval=images[:1]), "x", cache)
+    used = load_tensors_data(cache / "ranges-entropy.json").data["y"].range_value
+    assert float(np.ravel(used[1])[0]) == pytest.approx(high)

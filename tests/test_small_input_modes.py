@@ -94,3 +94,26 @@ def test_finetuning_takes_the_training_runs_augmentation():
     tuned = loop_config(cfg, 3, meta.training_augmentation())
     assert (tuned.hflip, tuned.crop_padding, tuned.cutout, tuned.label_smoothing) == (True, 4, 8, 0.0)
     assert tuned.lr == cfg.lr and tuned.epochs == 3  # the fine-tuning's own settings stay
+
+
+def test_prune_augment_off_fine_tunes_on_plain_images():
+    """``compress prune --augment off``: none of the training run's flips, shifts or cutout, its label
+    smoothing kept (a loss, not an augmentation); the flag parses from the command line and refuses
+    other values."""
+    import argparse
+
+    from compress.meta import ModelMeta
+    from compress.prune.api import loop_config
+    from compress.prune.config import PruneConfig
+
+    meta = ModelMeta(arch="mobilenet_v2", num_classes=10)
+    meta.add_history("train", {"config": {"hflip": True, "crop_padding": 2, "cutout": 8, "label_smoothing": 0.1}})
+    cfg = PruneConfig(ratio=0.5, augment="off").validate()
+    plain = loop_config(cfg, 3, meta.training_augmentation())
+    assert (plain.hflip, plain.crop_padding, plain.cutout, plain.label_smoothing) == (False, 0, 0, 0.1)
+    assert PruneConfig(ratio=0.5).validate().augment == "inherit"
+    parser = argparse.ArgumentParser()
+    PruneConfig.add_arguments(parser)
+    assert PruneConfig.from_args(parser.parse_args(["--ratio", "0.5", "--augment", "off"])).augment == "off"
+    with pytest.raises(UserError, match="augment"):
+        PruneConfig.from_args(parser.parse_args(["--ratio", "0.5", "--augment", "none"])).validate()

@@ -200,6 +200,7 @@ def _build_latency(src: Path, folder: Path, cand: tuple, cfg: OptimizeConfig, da
         alloc = {} if allocation == "uniform" else {"allocate": allocation, "bench_input_size": size,
                                                     "bench_imagenet_stem": cfg.imagenet_stem}
         pcfg = PruneConfig(blocks=blocks, ratio=ratio or None, **alloc, finetune=cfg.finetune, lr=cfg.lr,
+                           round_to=cfg.round_to, augment=cfg.augment,
                            batch_size=cfg.batch_size, max_steps_per_epoch=cfg.max_steps_per_epoch,
                            train_limit=cfg.train_limit, analyze_samples=cfg.rank_samples, seed=cfg.seed, bench=False,
                            test=False, **data.options)
@@ -268,6 +269,7 @@ def _build_size(src: Path, folder: Path, cand: tuple, cfg: OptimizeConfig, data:
     if sparsity:
         sparse = folder / "sparse.safetensors"
         prune_artifact(src, sparse, PruneConfig(sparsity=sparsity, global_pruning=True, finetune=cfg.finetune,
+                                                augment=cfg.augment,
                                                 lr=cfg.lr, batch_size=cfg.batch_size, bench=False, test=False,
                                                 max_steps_per_epoch=cfg.max_steps_per_epoch,
                                                 train_limit=cfg.train_limit, seed=cfg.seed, **data_opts),
@@ -508,7 +510,7 @@ def _recipe_text(src: Path, rec: dict, chosen: dict, cfg: OptimizeConfig, data_o
         if rec["sparsity"]:
             stages.append(("prune", {"name": "sparse", "input": source, "sparsity": rec["sparsity"],
                                      "global_pruning": True, "finetune": cfg.finetune, "lr": cfg.lr, "bench": False,
-                                     **data}))
+                                     **({"augment": cfg.augment} if cfg.augment != "inherit" else {}), **data}))
         stages.append(("quantize", {"name": "kmeans", **({} if rec["sparsity"] else {"input": source}),
                                     "kmeans_bits": rec["bits"], "finetune": cfg.finetune, "lr": cfg.lr / 10,
                                     "test": False, **data}))

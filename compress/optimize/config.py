@@ -55,6 +55,12 @@ class OptimizeConfig(StageConfig):
                              group=_Z, metavar="B[,B...]", help="k-means bits per weight (then Huffman coding)")
     finetune: int = option(2, check=_at_least_0, metavar="EPOCHS", group=_F,
                            help="distilled fine-tuning epochs of every pruned candidate (and of k-means)")
+    augment: str = option("inherit", choices=("inherit", "off"), group=_F,
+                          help="fine-tuning's image augmentation: the training run's (inherit) or none (off; "
+                               "`compress prune --augment`)")
+    round_to: int = option(8, check=_at_least_0, group=_L,
+                           help="pruned layers keep a multiple of this many channels (`compress prune --round-to`; "
+                                "16 is faster on AVX-512 CPUs, README)")
     lr: float = option(0.01, check=(lambda v: v > 0, "must be > 0"), group=_F, help="fine-tuning learning rate")
     batch_size: int = option(64, check=_at_least_1, group=_F, help="fine-tuning batch size")
     max_steps_per_epoch: int = option(0, check=_at_least_0, group=_F, help="cap optimizer steps per epoch (0 = all)")

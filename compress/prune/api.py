@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from ..meta import AUGMENTATION_KEYS
 from .config import PruneConfig
 
 Log = Callable[[str], None]
@@ -109,13 +110,20 @@ def gradient_fn(bundle, task: str, batches: int = 4, batch_size: int = 32) -> Ca
     return compute
 
 
+NO_AUGMENTATION = {"hflip": False, "crop_padding": 0, "cutout": 0}  # what --augment off fine-tunes with
+
+
 def loop_config(cfg: PruneConfig, epochs: int, augmentation: dict[str, Any] | None = None):
     """The training loop's settings for fine-tuning ``epochs`` epochs (no warm-up), with the
-    training run's ``augmentation`` (:meth:`ModelMeta.training_augmentation`)."""
+    training run's ``augmentation`` (:meth:`ModelMeta.training_augmentation`), or none of its image
+    transforms when ``cfg.augment`` is "off" (its label smoothing stays: that is the loss)."""
     from ..training.config import TrainConfig
 
+    augmentation = dict(augmentation or {})
+    if getattr(cfg, "augment", "inherit") == "off":
+        augmentation.update(NO_AUGMENTATION)
     return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_epochs=0.0, seed=cfg.seed,
-                       max_steps_per_epoch=cfg.max_steps_per_epoch, balance=cfg.balance, **(augmentation or {}))
+                       max_steps_per_epoch=cfg.max_steps_per_epoch, balance=cfg.balance, **augmentation)
 
 
 @dataclass
@@ -391,6 +399,10 @@ def _history_params(job: _Job, mode: str) -> dict[str, Any]:
     params: dict[str, Any] = {"mode": mode, "method": cfg.method, "global": cfg.global_pruning,
                               "finetune_epochs": cfg.finetune, "distill": cfg.distilling(), "balance": cfg.balance,
                               "data": None if bundle is None else _data_facts(job)}
+    if cfg.finetune:
+        tuned = loop_config(cfg, cfg.finetune, job.meta.training_augmentation())
+        params["augment"] = cfg.augment
+        params["augmentation"] = {k: getattr(tuned, k) for k in AUGMENTATION_KEYS}
     if job.criterion is not None:
         params["kd"] = cfg.kd_params(job.meta.task)
         params["criterion"] = {**job.criterion.describe(), "teacher": "the unpruned input model"}

@@ -16,6 +16,7 @@ from ..errors import UserError
 METHODS = ("l1", "l2", "bn", "taylor", "lamp")
 MODES = ("structured", "unstructured", "analyze")
 ALLOCATIONS = ("uniform", "sensitivity")
+AUGMENT = ("inherit", "off")
 
 _S, _U, _A = "structured (channel) pruning", "unstructured (weight) pruning", "sensitivity analysis"
 _F, _B = "fine-tuning and data", "report"
@@ -75,6 +76,10 @@ class PruneConfig(KDOptions):
     distill: bool = option(True, group=_F,
                            help="fine-tune with knowledge distillation from the unpruned model (the loss: "
                                 "--kd-loss and the distillation options); --no-distill for the labels alone")
+    augment: str = option("inherit", choices=AUGMENT, group=_F,
+                          help="fine-tuning's image augmentation: inherit = the training run's flips, shifts and "
+                               "cutout (from the model's history); off = the plain images, where a distilled "
+                               "fine-tune computes the teacher's logits once")
     lr: float = option(0.01, check=(lambda v: v > 0, "must be > 0"), group=_F, help="fine-tuning learning rate")
     batch_size: int = option(64, check=_at_least_1, group=_F, help="fine-tuning batch size")
     max_steps_per_epoch: int = option(0, check=_at_least_0, group=_F, help="cap optimizer steps per epoch (0 = all)")

@@ -171,6 +171,8 @@ def quantize_candidate(src: Path, dst: Path, cand: Candidate, data: QuantData, i
 
     act, weight = _ort_types(cand.types)
     cache = cache_dir / f"ranges-{cand.calibration}.json"
+    if cand.calibration == "entropy" and not cache.is_file():
+        entropy_ranges(src, input_name, data.calib, cache)
     reader = None if cache.is_file() else ArrayReader(input_name, data.calib)
     # Not "CalibMaxIntermediateOutputs": in onnxruntime 1.32 MinMaxCalibrater.collect_data clears
     # the collected batches when that count is reached without merging them first (ranges from
@@ -187,6 +189,24 @@ def quantize_candidate(src: Path, dst: Path, cand: Candidate, data: QuantData, i
                         activation_type=act, weight_type=weight, nodes_to_exclude=list(cand.exclude) or None,
                         calibrate_method=_calib_method(cand.calibration), extra_options=extra,
                         calibration_cache_path=str(cache))
+
+
+ENTROPY_BINS = 2048  # histogram bins of the entropy calibration (TensorRT's choice), 128 quantized bins
+
+
+def entropy_ranges(src: Path, input_name: str, images: np.ndarray, cache: Path) -> None:
+    """Entropy (KL-divergence) activation ranges of ``src`` on ``images``, written to ``cache`` in the
+    form ``quantize_static(calibration_cache_path=...)`` reads. ``quantize_static`` itself cannot
+    set the histogram size, and its default of 128 bins equals the 128 quantized bins: the only
+    threshold it can try is the whole range, so its "Entropy" is MinMax."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        calibrator = create_calibrator(Path(src), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
+        calibrator.collect_data(ArrayReader(input_name, images))
+        save_tensors_data(calibrator.compute_data(), cache)
 
 
 def quantize_dynamic_graph(src: Path, dst: Path, per_channel: bool = True) -> None:
