@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import StageConfig, option, parse_list
+from ..prune.config import AUGMENT
 
 OBJECTIVES = ("latency", "size")
 ALLOCATIONS = ("uniform", "sensitivity")  # as compress.prune.config.ALLOCATIONS (this module stays torch-free)
@@ -55,7 +56,7 @@ class OptimizeConfig(StageConfig):
                              group=_Z, metavar="B[,B...]", help="k-means bits per weight (then Huffman coding)")
     finetune: int = option(2, check=_at_least_0, metavar="EPOCHS", group=_F,
                            help="distilled fine-tuning epochs of every pruned candidate (and of k-means)")
-    augment: str = option("inherit", choices=("inherit", "off"), group=_F,
+    augment: str = option("inherit", choices=AUGMENT, group=_F,
                           help="fine-tuning's image augmentation: the training run's (inherit) or none (off; "
                                "`compress prune --augment`)")
     round_to: int = option(8, check=_at_least_0, group=_L,
