@@ -187,11 +187,11 @@ def test_round_to_and_augment_reach_every_pruned_candidate(trained, tmp_path):
     out = tmp_path / "opt"
     assert main(["optimize", str(trained), "--blocks", "0", "--ratios", "0.5", "--round-to", "16", "--augment", "off",
                  "--max-drop", "50", "--no-int8", *QUICK, "-o", str(out)]) == 0
-    params = json.loads((out / "candidates" / "d0-r0.5" / "model.safetensors.json").read_text())["params"]
+    report = json.loads((out / "candidates" / "d0-r0.5" / "model.safetensors.json").read_text())
+    params, channels = report["params"], report["channels"]
     assert params["round_to"] == 16 and params["augment"] == "off"
     assert (params["augmentation"]["crop_padding"], params["augmentation"]["hflip"],
             params["augmentation"]["cutout"]) == (0, False, 0)
-    channels = json.loads((out / "candidates" / "d0-r0.5" / "model.safetensors.json").read_text())["channels"]
     assert channels and all(after % 16 == 0 or after == before for before, after in channels.values())
     assert any(after < before for before, after in channels.values())
     rec = {c["id"]: c for c in json.loads((out / "optimize.json").read_text())["candidates"]}["d0-r0.5"]
