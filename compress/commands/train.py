@@ -18,6 +18,8 @@ and validation images of the upper half of the classes is kept, the test split s
     compress train --model mobilenet_v2 --data digits-multilabel -o ml.safetensors
     compress train --model mobilenet_v2 --data fashion-mnist -o fmnist.safetensors   (its preset; `make data` first)
     compress train --data digits:imbalance=0.1 --balance oversample -o bal.safetensors
+    compress train --init fmnist.safetensors --data fashion-mnist --epochs 6 --swa-epochs 6 --swa-lr 0.003 \
+        --hflip --cutout 8 -o fmnist-swa.safetensors   (continue a trained model: 6 weight-averaged epochs)
     torchrun --nproc_per_node 2 -m compress train --data digits -o ddp.safetensors   (DistributedDataParallel)
 """
 from __future__ import annotations

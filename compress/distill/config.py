@@ -8,6 +8,7 @@ architecture trained from scratch), and every knob of the training loop.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -108,6 +109,7 @@ class DistillConfig(KDOptions, TrainStageConfig):
     model_kwargs: dict[str, Any] | None = option(None, flag="--student-kw", parse=parse_json_object, metavar="JSON",
                                                  group=_S, help='the new student\'s builder keywords, e.g. '
                                                                 '\'{"width_mult": 0.5}\'')
+    init: str | None = option(None, group=_S, help=argparse.SUPPRESS)  # the train stage's; distill has --student
     data: str | None = option(None, group=_S, help="data spec (default: the one the student, else the teacher, "
                                                    "was trained on)")
     image_size: int | None = option(None, check=(lambda v: 8 <= v <= 1024, "must be between 8 and 1024"),
@@ -126,6 +128,9 @@ class DistillConfig(KDOptions, TrainStageConfig):
     balance: str = balance_option("training")  # KDOptions' field, shown with the loop's options
 
     def check(self) -> None:
+        super().check()
+        if self.init:
+            raise UserError("distill starts from --student MODEL (--init is compress train's)")
         if not self.teacher:
             raise UserError("--teacher is required (a model artifact)")
         if bool(self.student) == bool(self.model):

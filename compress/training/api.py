@@ -59,6 +59,10 @@ class TrainStageConfig(TrainConfig):
                                      help="stochastic depth rate (max over blocks)")
     num_classes: int | None = option(None, check=(lambda v: v >= 1, "must be >= 1"), group=_M,
                                      help="expected number of classes; an error if the data set disagrees")
+    init: str | None = option(None, metavar="MODEL", group=_M,
+                              help="start from the weights of this model artifact instead of a new network (its "
+                                   "architecture replaces --model and the builder options): continue training "
+                                   "a model, e.g. a few weight-averaged epochs (--swa-epochs)")
     pretrained: bool = option(False, group=_M, help="start from torchvision's ImageNet weights if they are in "
                                                     "the torch hub cache (no download); the classifier is "
                                                     "re-initialised for the data's classes")
@@ -199,7 +203,7 @@ def train(output: str | os.PathLike, config: TrainStageConfig | None = None, *,
 
     cfg = (config or TrainStageConfig()).validate()
     out, report_path, log_path = check_outputs([output, report_path or sidecar(output),
-                                                log_path or sidecar(output, ".log")])
+                                                log_path or sidecar(output, ".log")], [cfg.init] if cfg.init else [])
     bundle = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.data_seed, data_root=cfg.data_root,
                        label_sep=cfg.label_sep, train_limit=cfg.train_limit)
     if cfg.num_classes is not None and cfg.num_classes != bundle.num_classes:
@@ -208,11 +212,14 @@ def train(output: str | os.PathLike, config: TrainStageConfig | None = None, *,
     # The seed governs the weight initialisation too (and, inside fit, data order, augmentation and
     # dropout): the same seed starts from identical weights. Every torchrun process seeds alike.
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, bundle.num_classes, cfg.arch_kwargs())
+    model, init_meta = _initial_model(cfg, bundle)
     pretrained = load_pretrained(model, cfg.model) if cfg.pretrained else None
     is_main = distributed_context().is_main
     logger = TrainLogger(progress=progress, log_file=log_path if is_main else None,
                          tensorboard=tensorboard if is_main else None)
+    if init_meta is not None:
+        logger.on_message(f"starting from {cfg.init} ({init_meta.arch} {json.dumps(model.arch_kwargs)}); its "
+                          f"architecture replaces --model and the builder options")
     if cfg.preset_applied:
         from .presets import describe
 
@@ -224,14 +231,34 @@ def train(output: str | os.PathLike, config: TrainStageConfig | None = None, *,
         logger.close()
     if not is_main:
         return None
-    report = _finish(model, bundle, cfg, result, pretrained, out, log_path)
+    report = _finish(model, bundle, cfg, result, pretrained, out, log_path, init_meta)
     from ..io import write_json
 
     write_json(report_path, report)
     return TrainStageResult(out, report_path, log_path, report)
 
 
-def _finish(model, bundle, cfg: TrainStageConfig, result, pretrained, out: Path, log_path: Path) -> dict[str, Any]:
+def _initial_model(cfg: TrainStageConfig, bundle):
+    """(the network to train, the metadata of ``--init`` or None): a new registry network, or the
+    artifact ``--init`` names, which must take the data's image size."""
+    if not cfg.init:
+        return build_model(cfg.model, bundle.num_classes, cfg.arch_kwargs()), None
+    from ..artifact import load_model
+
+    if cfg.pretrained:
+        raise UserError("--init and --pretrained both give the starting weights; choose one")
+    model, meta = load_model(cfg.init)
+    side = int(meta.input_size[-1])
+    if side != cfg.image_size:
+        raise UserError(f"--init {cfg.init} takes {side}x{side} images, the data is read at {cfg.image_size}x"
+                        f"{cfg.image_size}; pass --image-size {side}")
+    if meta.task != bundle.task:
+        raise UserError(f"--init {cfg.init} is a {meta.task} model; data set {bundle.name!r} is {bundle.task}")
+    return model, meta
+
+
+def _finish(model, bundle, cfg: TrainStageConfig, result, pretrained, out: Path, log_path: Path,
+            init_meta=None) -> dict[str, Any]:
     """Test metrics, the artifact with its history entry, and the report dict."""
     from models import model_cost
 
@@ -247,17 +274,22 @@ def _finish(model, bundle, cfg: TrainStageConfig, result, pretrained, out: Path,
     data_facts = {"spec": cfg.data, "image_size": cfg.image_size, "data_seed": cfg.data_seed,
                   "train_limit": cfg.train_limit, "interpolation": bundle.interpolation, "label_sep": cfg.label_sep,
                   "sizes": bundle.summary()["sizes"]}
-    params = {"config": cfg.loop_config().to_dict(), "model": cfg.model, "model_kwargs": cfg.arch_kwargs(),
-              "data": data_facts, "pretrained": pretrained, "world_size": result.world_size,
+    arch = model.arch
+    arch_kwargs = dict(model.arch_kwargs) if init_meta is not None else cfg.arch_kwargs()
+    params = {"config": cfg.loop_config().to_dict(), "model": arch, "model_kwargs": arch_kwargs,
+              "data": data_facts, "pretrained": pretrained, "init": cfg.init, "world_size": result.world_size,
               "preset": cfg.preset_applied}
-    meta = ModelMeta.for_model(model, task=bundle.task, labels=bundle.labels, input_size=list(bundle.input_size),
-                               mean=list(bundle.mean), std=list(bundle.std), interpolation=bundle.interpolation)
+    if init_meta is not None:  # the artifact's metadata and history go on, with this run added
+        meta = init_meta
+    else:
+        meta = ModelMeta.for_model(model, task=bundle.task, labels=bundle.labels, input_size=list(bundle.input_size),
+                                   mean=list(bundle.mean), std=list(bundle.std), interpolation=bundle.interpolation)
     meta.add_history("train", params, {key: test_scalars[key], **{f"test_{k}": v for k, v in test_scalars.items()},
                                        **{f"val_{k}": v for k, v in result.best_metrics.items()}},
                      seconds=round(result.seconds, 1), epochs_run=result.epochs_run, best_epoch=result.best_epoch)
     save_model(model, out, meta)
     return {"command": "train", "output": str(out), "log": str(log_path), "config": params,
-            "data": bundle.summary(), "model": {"arch": cfg.model, "kwargs": cfg.arch_kwargs(), "params": cost.params,
+            "data": bundle.summary(), "model": {"arch": arch, "kwargs": arch_kwargs, "params": cost.params,
                                                 "macs": cost.macs, "input_size": list(bundle.input_size)},
             "result": {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                        "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),

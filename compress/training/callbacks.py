@@ -109,7 +109,8 @@ class TrainLogger(TrainCallback):
         value = row.get(f"val_{self.monitor}", float("nan"))
         line = (f"{self.label} {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}  "
                 f"val_loss {row.get('val_loss', float('nan')):.4f}  val_{self.monitor} {value:.4f}"
-                f"{' *' if improved else ''}  lr {row['lr']:.3g}  {row['seconds']:.1f}s")
+                f"{' *' if improved else ''}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
+                + (f"  (average of {row['averaged_epochs']} epochs)" if "averaged_epochs" in row else ""))
         self.on_message(line)
         if self.writer is not None:
             self.writer.add_scalar("train/epoch_loss", row["train_loss"], row["epoch"])

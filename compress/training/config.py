@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import StageConfig, option
+from ..errors import UserError
 from .schedules import SCHEDULES
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adamax", "nadam")
@@ -87,3 +88,22 @@ class TrainConfig(StageConfig):
     bn_recalibrate: int = option(512, check=_at_least_0, metavar="N", group=_T,
                                  help="re-estimate BatchNorm statistics on N training images before each "
                                       "validation (precise BN), 0 = off")
+    swa_epochs: int = option(0, check=_at_least_0, metavar="N", group=_T,
+                             help="stochastic weight averaging (Izmailov et al. 2018): the schedule runs over "
+                                  "the first epochs - N epochs, then N epochs at the constant --swa-lr, whose "
+                                  "end-of-epoch weights are averaged; each epoch validates the average (its "
+                                  "BatchNorm statistics re-estimated), which is kept when it is the best, 0 = off")
+    swa_lr: float | None = option(None, check=(lambda v: v > 0, "must be > 0"), group=_T,
+                                  help="learning rate of the averaged epochs (default: --lr / 20)")
+
+    def check(self) -> None:
+        if self.swa_epochs > self.epochs:
+            raise UserError(f"--swa-epochs {self.swa_epochs} is more than --epochs {self.epochs}")
+        if self.swa_epochs and not self.bn_recalibrate:
+            raise UserError("--swa-epochs needs --bn-recalibrate > 0: the averaged weights' BatchNorm statistics "
+                            "must be re-estimated")
+
+    @property
+    def swa_rate(self) -> float:
+        """The constant learning rate of the averaged epochs."""
+        return self.swa_lr if self.swa_lr is not None else self.lr / 20

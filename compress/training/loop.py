@@ -9,7 +9,9 @@ augmentations come from :mod:`.augment`; the loss is a :class:`~.criteria.Criter
 supervised by default, distillation with a teacher, ...). After each epoch BatchNorm statistics
 are re-estimated (:mod:`.batchnorm`) and the model is evaluated on ``bundle.val``; the weights
 with the best validation metric (top-1 for multiclass, mAP for multilabel) are kept and restored
-at the end, and training stops early after ``patience`` epochs without improvement.
+at the end, and training stops early after ``patience`` epochs without improvement. With
+``swa_epochs`` the last epochs run at a constant rate and what is validated (and may be kept) is
+the running average of their weights (:mod:`.swa`).
 Distributed training (torchrun) is :mod:`.distributed`; reporting is a :class:`~.callbacks.TrainCallback`.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .config import TrainConfig
 from .criteria import Criterion, build_criterion
 from .optim import autocast_for, build_optimizer, resolve_device, seed_everything
 from .schedules import Schedule
+from .swa import WeightAverage
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import DataBundle
@@ -226,10 +229,14 @@ def _prepare(model: nn.Module, bundle, cfg: TrainConfig, criterion: Criterion | 
                              drop_last=per_epoch > batch, distributed=ctx.enabled, sampler=sampler)
         optimizer = build_optimizer(model, cfg, extra=criterion.parameters())
         steps = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
-        schedule = Schedule(cfg.schedule, total_steps=cfg.epochs * steps,
-                            warmup_steps=int(round(cfg.warmup_epochs * steps)), steps_per_epoch=steps,
+        # Weight averaging: the schedule runs over the epochs before the averaged ones, which hold
+        # the rate at --swa-lr.
+        scheduled = (cfg.epochs - cfg.swa_epochs) * steps
+        schedule = Schedule(cfg.schedule, total_steps=max(1, scheduled),
+                            warmup_steps=min(scheduled, int(round(cfg.warmup_epochs * steps))), steps_per_epoch=steps,
                             min_factor=cfg.min_lr_ratio, step_epochs=cfg.step_epochs, gamma=cfg.step_gamma,
-                            htd_lower=cfg.htd_lower, htd_upper=cfg.htd_upper)
+                            htd_lower=cfg.htd_lower, htd_upper=cfg.htd_upper,
+                            hold_after=scheduled if cfg.swa_epochs else None, hold_factor=cfg.swa_rate / cfg.lr)
         autocast, scaler = autocast_for(cfg, device)
     except BaseException:
         criterion.teardown()
@@ -294,15 +301,26 @@ def fit(model: nn.Module, bundle: DataBundle, cfg: TrainConfig | None = None, *,
                            "world": run.ctx.world_size, "device": run.device, "steps/epoch": run.steps_per_epoch,
                            "epochs": cfg.epochs, "monitor": best.monitor, "criterion": run.criterion.describe(),
                            "config": cfg.to_dict()})
+    average, first_averaged = WeightAverage(), cfg.epochs - cfg.swa_epochs + 1
+    if cfg.swa_epochs:
+        run.callback.on_message(f"weight averaging: epochs {first_averaged}-{cfg.epochs} at lr {cfg.swa_rate:.3g}, "
+                                f"each validated as the average of the averaged epochs so far")
     try:
         for epoch in range(1, cfg.epochs + 1):
             epoch_start = time.time()
             row = {"epoch": epoch, **train_one_epoch(run, epoch)}
+            iterate = None
+            if cfg.swa_epochs and epoch >= first_averaged:  # validate (and keep) the average, train the iterate
+                average.add(model)
+                iterate = average.swap_in(model)
+                row["averaged_epochs"] = average.count
             val = validate(model, bundle, cfg, run.device, run.ctx.enabled, run.bn_data)
             gained, improved = best.judge(val)
             if run.ctx.enabled:
                 gained, improved = D.rank0_decision(gained, run.device), D.rank0_decision(improved, run.device)
             best.update(epoch, val, model, gained, improved)
+            if iterate is not None:
+                model.load_state_dict(iterate)
             row.update({"lr": run.optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()
                                                                      if k != "n"},
                         "seconds": round(time.time() - epoch_start, 3)})

@@ -9,6 +9,9 @@
     cosine     min_factor + (1 - min_factor) * (1 + cos(pi t)) / 2
     htd        min_factor + (1 - min_factor) * (1 - tanh(L + (U - L) t)) / 2
                hyperbolic-tangent decay (Hsueh et al., 2019), default L = -6, U = 3
+
+With ``hold_after`` the factor is ``hold_factor`` from that step on: the constant rate of the
+weight-averaged epochs (``--swa-epochs``), after a schedule that ran over the steps before.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ class Schedule:
     gamma: float = 0.1
     htd_lower: float = -6.0
     htd_upper: float = 3.0
+    hold_after: int | None = None  # from this step on the factor is ``hold_factor`` (weight averaging)
+    hold_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
@@ -49,6 +54,8 @@ class Schedule:
             raise UserError(f"htd needs lower < upper, got {self.htd_lower}, {self.htd_upper}")
 
     def factor(self, step: int) -> float:
+        if self.hold_after is not None and step >= self.hold_after:
+            return self.hold_factor
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
         span = max(1, self.total_steps - self.warmup_steps)
