@@ -99,7 +99,8 @@ bench-distill: setup
 # also holds plumbing (export: _max_abs_diff, verify_onnx, export_onnx; runtime: LatencyStats,
 # measure_interleaved, resolve_input_size; bench: _timing_rows, _static_rows, accuracy,
 # agreement, decisions, data_metrics) and quantize's arithmetic (k-means, QAT rounding, bias
-# correction, INT8 scores): see scripts/mutation.py. Six chunks, each holding
+# correction, INT8 scores) and Fashion-MNIST's path (the IDX reader, rate schedules, weight
+# averaging, batch augmentation, presets): see scripts/mutation.py. Seven chunks, each holding
 # /tmp/heavy.lock (MUTATION_LOCK= for none); one core. MUTATION_ARGS=--report reprints the table.
 MUTATION_ARGS ?=
 mutation: setup

@@ -2,6 +2,7 @@
 the split, and preprocessing identical to the serving side's (tiny files of the tests' own)."""
 import gzip
 import io
+import os
 import struct
 from pathlib import Path
 
@@ -100,8 +101,8 @@ def test_corrupt_files_are_one_line_errors_naming_the_file(tmp_path, gz):
     }
     expected = {"float-type": "magic number", "not-zero": "magic number", "wrong-ndim": "magic number",
                 "short-header": "truncated IDX header", "truncated": "truncated", "trailing": "1 trailing bytes"}
-    for name, data in cases.items():
-        path = tmp_path / f"{name}-idx3-ubyte"
+    for i, (name, data) in enumerate(cases.items()):
+        path = tmp_path / f"case{i}-idx3-ubyte"  # a neutral name: the message, not the path, must match
         path.write_bytes(gzip.compress(data) if gz else data)
         msg = _one_line_error(expected[name], read_idx, path, 3)
         assert str(path) in msg
@@ -327,3 +328,101 @@ def test_real_fashion_mnist(monkeypatch):
     assert np.bincount(b.val.targets.numpy()).tolist() == [600] * 10
     # the published statistics of the 60,000 training images; these are of the 54,000 of the split
     assert b.mean[0] == pytest.approx(0.2860, abs=5e-4) and b.std[0] == pytest.approx(0.3530, abs=5e-4)
+
+
+# --- edges the mutation run found untested (scripts/mutation.py --chunk data-training) ------------
+
+def test_empty_and_header_edge_files(tmp_path):
+    path = tmp_path / "a-idx3-ubyte"  # a neutral name: the messages, not the path, must say what failed
+    path.write_bytes(b"")
+    assert "(magic number missing, expected 000008" in _one_line_error("magic number", read_idx, path, 3)
+    path.write_bytes(b"\x00\x00\x0d\x03" + bytes(12))  # float32 items: the message shows the four magic bytes
+    assert "(magic number 00000d03, expected 00000803)" in _one_line_error("magic number", read_idx, path, 3)
+    path.write_bytes(b"\x00\x00\x08\x03")  # the magic number and nothing else: a header cut short
+    assert "(4 bytes, the header needs 16)" in _one_line_error("truncated IDX header", read_idx, path, 3)
+    good = idx_bytes(np.arange(36, dtype=np.uint8).reshape(4, 3, 3))
+    path.write_bytes(good[:-1])
+    msg = _one_line_error("truncated: ", read_idx, path, 3)
+    assert "51 bytes but sizes 4x3x3 need 52" in msg and "trailing" not in msg
+    path.write_bytes(good + b"\x00\x00")
+    assert "2 trailing bytes: 54 bytes but sizes 4x3x3 need 52" in _one_line_error("trailing", read_idx, path, 3)
+    # a header announcing zero items is a well-formed (empty) IDX file; a split of it is an error
+    for dims in ((0, 5, 5), (3, 0, 5), (3, 5, 0)):
+        images = write_idx(tmp_path / "e-idx3-ubyte", np.zeros(dims, dtype=np.uint8))
+        assert read_idx(images, 3).shape == dims
+        labels = write_idx(tmp_path / "e-idx1-ubyte", np.zeros(dims[0], dtype=np.uint8))
+        sizes = "x".join(map(str, dims))
+        assert str(images) in _one_line_error(rf"no images \(sizes {sizes}\)", idx_mod.read_split, images, labels)
+
+
+def test_unreadable_paths_and_gzip_errors_say_why(tmp_path):
+    folder = tmp_path / "d-idx3-ubyte"
+    folder.mkdir()
+    assert _one_line_error("cannot read", read_idx, folder, 3) == f"cannot read {folder}: Is a directory"
+    cut = tmp_path / "c-idx3-ubyte.gz"
+    cut.write_bytes(gzip.compress(idx_bytes(np.ones((50, 8, 8), dtype=np.uint8)))[:-12])
+    msg = _one_line_error("corrupt gzip", read_idx, cut, 3)
+    assert "(Compressed file ended before the end-of-stream marker was reached)" in msg  # the reason, not its type
+
+
+def test_the_cache_sees_a_rewritten_file(tmp_path):
+    """The in-process cache is keyed by path, size and modification time: a file replaced with the
+    same size, or with the same time stamp, is read again."""
+    path = tmp_path / "x-idx3-ubyte"
+    first, second = (np.full((2, 3, 3), v, dtype=np.uint8) for v in (1, 2))
+    write_idx(path, first)
+    stamp = path.stat().st_mtime_ns
+    assert idx_mod._read(path, 3)[0, 0, 0] == 1
+    write_idx(path, second)  # the same size, a later time
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert idx_mod._read(path, 3)[0, 0, 0] == 2
+    write_idx(path, np.full((3, 3, 3), 3, dtype=np.uint8))  # another size, the same time
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert idx_mod._read(path, 3).shape == (3, 3, 3)
+
+
+def test_one_statistic_given_the_other_measured(tmp_path):
+    write_set(tmp_path / "s")
+    spec = f"idx:{tmp_path / 's'}"
+    measured = load_data(spec, image_size=28)
+    assert measured.mean != (0.5,) * 3 and measured.std != (0.25,) * 3
+    only_mean = load_data(spec, image_size=28, mean=[0.5, 0.5, 0.5])
+    assert only_mean.mean == (0.5,) * 3 and only_mean.std == measured.std
+    only_std = load_data(spec, image_size=28, std=[0.25, 0.25, 0.25])
+    assert only_std.mean == measured.mean and only_std.std == (0.25,) * 3
+
+
+def test_two_equal_channels_and_one_other_are_normalised_per_channel(tmp_path):
+    arrays = write_set(tmp_path / "s")
+    for mean, std in (((0.5, 0.5, 0.2), (0.25, 0.25, 0.25)), ((0.2, 0.5, 0.5), (0.25, 0.25, 0.25)),
+                      ((0.5, 0.2, 0.5), (0.25, 0.25, 0.25)), ((0.5, 0.5, 0.5), (0.25, 0.3, 0.25))):
+        b = load_data(f"idx:{tmp_path / 's'}", image_size=28, mean=mean, std=std)
+        np.testing.assert_array_equal(b.test.images[7].numpy(), b.preprocess(_as_served(arrays["test"][0][7])))
+
+
+def test_bundle_defaults_dtypes_and_messages(tmp_path, no_system_copy):
+    arrays = write_set(tmp_path / "s")
+    spec = f"idx:{tmp_path / 's'}"
+    b = idx_mod.load_idx_dataset(spec)  # the defaults: native 28 px, split seed 0, bilinear
+    assert b.input_size == (3, 28, 28) and b.info["split_seed"] == 0 and b.info["val_fraction"] == 0.1
+    assert torch.equal(b.val.targets, load_data(spec, image_size=28, seed=0).val.targets)
+    assert idx_mod.load_idx_dataset(spec, image_size=32).preprocess.interpolation == "bilinear"
+    assert all(s.targets.dtype == torch.int64 for s in (b.train, b.val, b.test))
+    msg = _one_line_error("unknown IDX data set", idx_mod.load_idx_dataset, "emnist")
+    assert msg == "unknown IDX data set 'emnist'; known: fashion-mnist, mnist, kmnist, idx:PATH"
+    # test images of another size than the training images: both sizes, and the test file named
+    arrays["test"] = (np.zeros((30, 32, 32), dtype=np.uint8), arrays["test"][1])
+    write_set(tmp_path / "mixed", arrays)
+    msg = _one_line_error("pixels", load_data, f"idx:{tmp_path / 'mixed'}")
+    assert msg == (f"{tmp_path / 'mixed' / 't10k-images-idx3-ubyte'}: images of 32x32 pixels but the "
+                   f"training images are 28x28")
+    # an out-of-range label says against what: the data set's classes, or the training labels
+    x, y = arrays["train"]
+    arrays["train"], arrays["test"] = (x, np.where(y == 0, 10, y).astype(np.uint8)), make_arrays()["test"]
+    write_set(tmp_path / "fm", arrays)
+    assert _one_line_error("out of range", load_data, "fashion-mnist", data_root=str(tmp_path / "fm")).endswith(
+        "label 10 out of range 0..9 (fashion-mnist classes)")
+    arrays["train"], arrays["test"] = make_arrays()["train"], (make_arrays()["test"][0], np.full(30, 11, np.uint8))
+    write_set(tmp_path / "any", arrays)
+    assert _one_line_error("out of range", load_data, f"idx:{tmp_path / 'any'}").endswith(
+        "label 11 out of range 0..9 (the training labels)")

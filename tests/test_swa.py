@@ -27,7 +27,8 @@ def test_schedule_holds_the_rate_after_the_scheduled_steps():
 
 
 def test_weight_average_is_the_running_mean_and_swap_hands_back_the_weights():
-    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    # an integer buffer (BatchNorm's counter) before more floating weights: skipped, not the end
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
     avg, seen = WeightAverage(), []
     for value in (1.0, 2.0, 6.0):
         with torch.no_grad():
@@ -39,10 +40,11 @@ def test_weight_average_is_the_running_mean_and_swap_hands_back_the_weights():
     held = avg.swap_in(net)
     assert torch.equal(held["0.weight"], seen[-1]["0.weight"])
     assert torch.allclose(net[0].weight, torch.full((2, 3), 3.0)) and torch.allclose(net[1].bias, torch.full((2,), 3.0))
+    assert torch.allclose(net[2].weight, torch.full((1, 2), 3.0))
     assert int(net[1].num_batches_tracked) == 6  # integer buffers are not averaged
     net.load_state_dict(held)
     assert torch.equal(net[0].weight, seen[-1]["0.weight"])
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^nothing averaged yet$"):
         WeightAverage().swap_in(net)
 
 
