@@ -157,8 +157,6 @@ def test_schedule_refuses_empty_or_negative_lengths(kw):
 
 
 def test_schedule_checks_only_its_own_parameters():
-    with pytest.raises(UserError, match=r"^unknown schedule 'linear'; choose one of constant, step, cosine, htd$"):
-        Schedule("linear", total_steps=5)
     for kw in ({"step_epochs": 0}, {"gamma": 0.0}, {"gamma": 1.5}):
         with pytest.raises(UserError, match="^step schedule needs step epochs >= 1 and 0 < gamma <= 1, got "):
             Schedule("step", total_steps=10, **kw)

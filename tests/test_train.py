@@ -44,7 +44,7 @@ def test_step_and_constant_and_errors():
     s = Schedule("step", total_steps=100, steps_per_epoch=10, step_epochs=3, gamma=0.5)
     assert [s.factor(e * 10) for e in (0, 2, 3, 6, 9)] == pytest.approx([1, 1, 0.5, 0.25, 0.125])
     assert Schedule("constant", total_steps=5, warmup_steps=2).factor(4) == 1.0
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"^unknown schedule 'linear'; choose one of constant, step, cosine, htd$"):
         Schedule("linear", total_steps=5)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
     sched = Schedule("cosine", total_steps=4, warmup_steps=1).scheduler(opt)
