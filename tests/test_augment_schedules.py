@@ -37,6 +37,7 @@ def test_random_crop_takes_every_offset_of_the_padded_image(padding):
         assert len(found) == 1  # a crop of its own padded image, at one offset
         offsets.add(found[0])
     assert offsets == {(dy, dx) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)}
+    assert torch.equal(A.random_crop(x, 0), x)  # no padding: no shift
 
 
 def test_hflip_mirrors_the_width_only_and_half_the_images_by_default():
@@ -77,10 +78,10 @@ def test_mixup_mixes_images_exactly_as_it_mixes_labels():
     torch.manual_seed(0)
     n = 8
     x, y = constant_images(n, 3, 3), torch.eye(n)
+    values = 10.0 * torch.arange(1, n + 1)
     for _ in range(5):
         xm, ym = A.mixup(x, y, alpha=0.4)
         assert torch.allclose(ym.sum(1), torch.ones(n))
-        values = 10.0 * torch.arange(1, n + 1)
         assert torch.allclose(xm[:, 0, 0, 0], ym @ values)  # the same weights on images and labels
 
 
@@ -127,8 +128,8 @@ def test_batch_augment_chooses_between_mixup_and_cutmix():
     assert kinds(A.BatchAugment(cutmix_alpha=0.5)) == {"cutmix"}
     assert kinds(A.BatchAugment(mixup_alpha=0.2)) == {"mixup"}
     assert kinds(A.BatchAugment(mixup_alpha=0.2, cutmix_alpha=1.0)) == {"cutmix", "mixup"}
-    flipped = A.BatchAugment(hflip=True)(distinct(40, 1, 3, 4), y[:1].expand(40, 8))[0]
-    assert not torch.equal(flipped, distinct(40, 1, 3, 4))
+    images = distinct(40, 1, 3, 4)
+    assert not torch.equal(A.BatchAugment(hflip=True)(images, y[:1].expand(40, 8))[0], images)
 
 
 SIZES = r"^crop padding and cutout size must be >= 0$"

@@ -78,16 +78,6 @@ def test_loss_identities():
 
 # ----------------------------------------------------------------------------- augment
 
-def test_random_crop_shifts_within_padding():
-    x = torch.zeros(8, 1, 9, 9)
-    x[:, :, 4, 4] = 1.0
-    out = A.random_crop(x, 2)
-    assert out.shape == x.shape and torch.equal(A.random_crop(x, 0), x)
-    for img in out:
-        r, c = (img[0] == 1).nonzero()[0].tolist()
-        assert abs(r - 4) <= 2 and abs(c - 4) <= 2 and img.sum() == 1
-
-
 def test_cutout_and_mixing():
     x = torch.ones(6, 3, 16, 16)
     out = A.cutout(x, 4)
